@@ -1,0 +1,621 @@
+"""The dispatcher: the one thread that owns a pool's tables.
+
+    caller threads                      dispatcher thread                  containers
+    --------------                      -----------------                  ----------
+    spawn(): Call ─► pending (deque) ─┐
+    control(): ─────► commands ───────┤  wake-up pipe
+                                      ▼
+                         selector.select() on: wake-up pipe, every container's
+                         pipe and process sentinel, until the nearest deadline
+                                      │
+                 ┌────────────────────┼───────────────────────────┐
+           commands: interrupt,  results: complete the      sentinel: a container
+           shutdown              Future, free the slot      died -> fail or retry
+                                      │                     its calls, replace it
+                                      ▼
+                       schedule: queued calls -> containers with a free slot ──► pipe
+
+Only this thread reads or writes the container records, the in-flight tables
+and the pool state; other threads append to ``pending``/``commands`` (deques are
+safe for that) and write one byte to the wake-up pipe. It never polls: it
+sleeps in ``select`` until a pipe has data, a process exits, or the nearest
+deadline (a call timeout, an exit grace period, a kill after an interrupt)
+comes due. Finding a container with a free slot is O(1): ``_free`` is a deque
+of containers that have one.
+
+Every Future is completed by this thread, and every path out of it (normal
+end, an unexpected error in the dispatcher itself) completes every Future it
+still holds, so nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import heapq
+import logging
+import os
+import pickle
+import selectors
+import signal
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from . import _wire, _worker
+from ._exceptions import (
+    CallTimeoutError,
+    ContainerCrashedError,
+    EnterError,
+    LifepoolError,
+    RemoteError,
+)
+
+logger = logging.getLogger("lifepool")
+
+# After a timed-out call is interrupted, how long it may take to unwind before
+# its container is killed and replaced.
+TIMEOUT_UNWIND_SECONDS = 2.0
+
+
+class PoolState(enum.Enum):
+    RUNNING = "running"  # accepting and running calls
+    BROKEN = "broken"  # an enter hook failed: calls fail with EnterError; containers still need an exit
+    CLOSING = "closing"  # shutdown asked: queued calls finish (or were cancelled), then containers exit
+    CLOSED = "closed"  # every container has exited and been reaped
+
+
+class ContainerState(enum.Enum):
+    STARTING = "starting"  # process launched, target not yet unpickled
+    ENTERING = "entering"  # enter hooks running
+    READY = "ready"  # serving, at least one free slot
+    BUSY = "busy"  # serving, every slot taken
+    RETIRING = "retiring"  # takes no new calls; exits when its in-flight calls are done
+    EXITING = "exiting"  # exit hooks running (EXIT sent)
+    DEAD = "dead"  # process gone and reaped
+
+
+_SERVING = (ContainerState.READY, ContainerState.BUSY)
+
+
+class Call:
+    """One method call on its way through the pool."""
+
+    __slots__ = ("attempts", "body", "container", "deadline", "future", "id", "label")
+
+    def __init__(self, call_id: int, future: Future[Any], body: bytes, label: str) -> None:
+        self.id = call_id
+        self.future = future
+        self.body = body  # dumps((name or callable, args, kwargs)), made by the caller
+        self.label = label  # "Model.predict", for error notes
+        self.attempts = 0  # times sent to a container
+        self.container: ContainerRecord | None = None
+        self.deadline: float | None = None
+
+
+class ContainerRecord:
+    """The parent's view of one container process (owned by the dispatcher thread)."""
+
+    def __init__(self, index: int, generation: int) -> None:
+        self.index = index
+        self.generation = generation  # 0 for the first container at this index, +1 per replacement
+        self.state = ContainerState.STARTING
+        self.process: Any = None
+        self.conn: Any = None
+        self.pid: int | None = None
+        self.inflight: dict[int, Call] = {}
+        self.calls_done = 0
+        self.entered = False  # reached READY: owes exactly one exit
+        self.enter_failed = False  # reported ENTER_FAILED
+        self.exited = False  # sent EXITED
+        self.kill_at: float | None = None  # SIGKILL when this passes (grace periods)
+        self.kill_reason = ""
+        self.exit_errors: list[BaseException] = []
+
+    def describe(self) -> str:
+        return f"container {self.index} (pid {self.pid})"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool_name: str,
+        target_blob: bytes,
+        class_name: str,
+        options: dict[str, Any],
+        on_closed: Callable[[Dispatcher], None],
+    ) -> None:
+        self._on_closed = on_closed
+        self.name = pool_name
+        self.class_name = class_name
+        self.target_blob = target_blob
+        self.containers_wanted: int = options["containers"]
+        self.max_inputs: int = options["max_inputs"]
+        self.grace: float = options["exit_grace_period"]
+        self.timeout: float | None = options["timeout"]
+        self.retries: int = options["retries"]
+        self.max_calls: int | None = options["max_calls_per_container"]
+        self.context = options["context"]
+        self.worker_options = {
+            "pool_name": pool_name,
+            "max_inputs": self.max_inputs,
+            "parent_pid": os.getpid(),
+        }
+
+        # Shared with other threads: append-only from them, drained here.
+        self.pending: collections.deque[Call] = collections.deque()
+        self.commands: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_pending = False
+
+        # Owned by the dispatcher thread.
+        self.state = PoolState.RUNNING
+        self.broken: EnterError | None = None
+        self.slots: list[ContainerRecord | None] = [None] * self.containers_wanted
+        self._free: collections.deque[ContainerRecord] = collections.deque()
+        # Deadlines, soonest first: (when, seq, call) for call timeouts and
+        # (when, seq, record) for kills; stale entries are skipped when popped.
+        self._timers: list[tuple[float, int, Any]] = []
+        self._timer_seq = 0
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._exit_blob: bytes | None = None
+        self._abort = False  # stop now: interrupt running calls and entering containers
+        self.exit_errors: list[BaseException] = []
+        self.closed = threading.Event()
+
+        self.thread = threading.Thread(target=self._run, name=f"lifepool-dispatch-{pool_name}", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------
+    # called from other threads
+    # ------------------------------------------------------------------
+    def wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full (a wake-up is pending anyway) or closed (finished)
+
+    def submit(self, call: Call) -> None:
+        self.pending.append(call)
+        self.wake()
+
+    def control(self, *command: Any) -> None:
+        self.commands.append(command)
+        self.wake()
+
+    # ------------------------------------------------------------------
+    # the dispatcher thread
+    # ------------------------------------------------------------------
+    def _run(self) -> None:
+        # Containers inherit this thread's signal mask: with SIGINT and SIGTERM
+        # blocked here, a Ctrl-C cannot kill a container before it has set its
+        # own policy (it unblocks them once SIGINT is ignored).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for index in range(self.containers_wanted):
+                self._start_container(index, 0)
+            while not self._finished():
+                self._step()
+        except BaseException as error:
+            logger.critical("lifepool pool %r: dispatcher failed", self.name, exc_info=True)
+            self._fail_everything(error)
+        finally:
+            self.state = PoolState.CLOSED
+            self._selector.close()
+            # The wake-up pipe stays open until this object is collected: a
+            # late wake() from another thread must never write into a reused fd.
+            weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+            self._on_closed(self)
+            self.closed.set()
+
+    def _step(self) -> None:
+        timeout = self._next_timeout()
+        events = self._selector.select(timeout)
+        for key, _mask in events:
+            data = key.data
+            if data is None:
+                self._wake_pending = False
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif data[0] == "conn":
+                if data[1].conn is not None:  # (not closed earlier in this batch)
+                    self._read_container(data[1])
+            elif data[1].state is not ContainerState.DEAD:
+                self._reap(data[1])
+        while self.commands:
+            self._command(self.commands.popleft())
+        self._check_deadlines()
+        self._schedule()
+        self._progress_shutdown()
+
+    def _finished(self) -> bool:
+        return self.state is PoolState.CLOSING and all(
+            c is None or c.state is ContainerState.DEAD for c in self.slots
+        ) and not self.pending
+
+    # -- containers --------------------------------------------------------
+    def _start_container(self, index: int, generation: int) -> None:
+        record = ContainerRecord(index, generation)
+        self.slots[index] = record
+        parent_conn, child_conn = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=_worker.main,
+            args=(child_conn, index, self.target_blob, self.worker_options),
+            name=f"lifepool-{self.name}-{index}",
+        )
+        try:
+            process.start()
+        except BaseException as error:  # noqa: BLE001
+            parent_conn.close()
+            child_conn.close()
+            record.state = ContainerState.DEAD
+            self._enter_failed(record, error)
+            return
+        child_conn.close()
+        record.process = process
+        record.conn = parent_conn
+        record.pid = process.pid
+        self._selector.register(parent_conn, selectors.EVENT_READ, ("conn", record))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", record))
+        if generation:
+            logger.info("lifepool pool %r: started replacement container %d (pid %d)", self.name, index, record.pid)
+
+    def _read_container(self, record: ContainerRecord) -> None:
+        try:
+            while True:
+                data = record.conn.recv_bytes()
+                self._message(record, data)
+                if record.conn is None or not record.conn.poll():
+                    return
+        except (EOFError, OSError):
+            # The container closed its end: it exited or died. The sentinel
+            # tells us which; stop watching the pipe until then.
+            self._unwatch_conn(record)
+
+    def _unwatch_conn(self, record: ContainerRecord) -> None:
+        if record.conn is not None:
+            self._selector.unregister(record.conn)
+            record.conn.close()
+            record.conn = None
+
+    def _message(self, record: ContainerRecord, data: bytes) -> None:
+        tag, call_id, flag, body = _wire.unframe(data)
+        if tag == _wire.RESULT:
+            self._result(record, call_id, flag, body)
+        elif tag == _wire.ENTERING:
+            record.state = ContainerState.ENTERING
+            if self._abort:
+                self._signal(record)
+        elif tag == _wire.READY:
+            record.entered = True
+            self._set_state_for_load(record)
+        elif tag == _wire.ENTER_FAILED:
+            record.enter_failed = True
+            record.state = ContainerState.EXITING  # it leaves without exit hooks
+            self._enter_failed(record, _wire.load_exception(bytes(body)))
+        elif tag == _wire.EXITED:
+            record.exited = True
+            for blob in pickle.loads(body):
+                error = _wire.load_exception(blob)
+                error.add_note(f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
+                record.exit_errors.append(error)
+
+    def _result(self, record: ContainerRecord, call_id: int, ok: int, body: memoryview) -> None:
+        call = record.inflight.pop(call_id, None)
+        if call is None:
+            return
+        record.calls_done += 1
+        self._release_slot(record)
+        if call.future.done():
+            return  # timed out or abandoned: the late answer is dropped
+        if ok:
+            try:
+                value = _wire.loads(body)
+            except BaseException as error:  # noqa: BLE001
+                exc: BaseException = RemoteError(
+                    "result", traceback.format_exc(), f"the result of {call.label} could not be unpickled: {error!r}"
+                )
+                self._fail(call, exc, record)
+                return
+            call.future.set_result(value)
+        else:
+            self._fail(call, _wire.load_exception(bytes(body)), record)
+
+    def _fail(self, call: Call, exc: BaseException, record: ContainerRecord | None) -> None:
+        if record is not None and not isinstance(exc, LifepoolError):
+            exc.add_note(f"lifepool: raised in {record.describe()} by {call.label}")
+        if not call.future.done():
+            call.future.set_exception(exc)
+
+    def _set_state_for_load(self, record: ContainerRecord) -> None:
+        """READY/BUSY from the in-flight count; keeps ``_free`` in step."""
+        if record.state in _SERVING or record.state in (ContainerState.ENTERING, ContainerState.STARTING):
+            if len(record.inflight) < self.max_inputs:
+                if record.state is not ContainerState.READY:
+                    record.state = ContainerState.READY
+                    self._free.append(record)
+            else:
+                record.state = ContainerState.BUSY
+
+    def _release_slot(self, record: ContainerRecord) -> None:
+        if self.max_calls is not None and record.calls_done >= self.max_calls and record.state in (
+            ContainerState.READY,
+            ContainerState.BUSY,
+        ):
+            record.state = ContainerState.RETIRING
+            logger.info(
+                "lifepool pool %r: recycling %s after %d calls", self.name, record.describe(), record.calls_done
+            )
+        if record.state is ContainerState.RETIRING:
+            if not record.inflight:
+                self._send_exit(record, None)
+        else:
+            self._set_state_for_load(record)
+
+    def _enter_failed(self, record: ContainerRecord, error: BaseException) -> None:
+        if self._abort or (self.state is PoolState.CLOSING and isinstance(error, KeyboardInterrupt)):
+            return  # interrupted on purpose while entering: not a failure of the class
+        if self.broken is None:
+            broken = EnterError(f"the enter hook of {self.class_name} failed in container {record.index}")
+            broken.__cause__ = error
+            self.broken = broken
+            logger.error("lifepool pool %r: enter failed in %s: %r", self.name, record.describe(), error)
+            if self.state is PoolState.RUNNING:
+                self.state = PoolState.BROKEN
+        while self.pending:
+            call = self.pending.popleft()
+            self._fail(call, self.broken, None)
+
+    def _signal(self, record: ContainerRecord) -> None:
+        if record.pid is not None and record.state is not ContainerState.DEAD:
+            try:
+                os.kill(record.pid, _worker.INTERRUPT_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def _interrupt(self, record: ContainerRecord, call: Call) -> None:
+        self._send(record, _wire.frame(_wire.INTERRUPT, call.id))
+        self._signal(record)
+
+    def _send(self, record: ContainerRecord, data: bytes) -> bool:
+        if record.conn is None:
+            return False
+        try:
+            record.conn.send_bytes(data)
+            return True
+        except OSError:
+            return False  # it is dying; its sentinel will tell
+
+    def _send_exit(self, record: ContainerRecord, blob: bytes | None) -> None:
+        record.state = ContainerState.EXITING
+        body = blob or b""
+        self._send(record, _wire.frame(_wire.EXIT, 0, 1 if blob else 0, body))
+        self._arm_kill(record, self.grace, f"its exit hook did not finish within exit_grace_period={self.grace}s")
+
+    def _add_timer(self, when: float, what: Any) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, what))
+
+    def _arm_kill(self, record: ContainerRecord, delay: float, reason: str) -> None:
+        at = time.monotonic() + delay
+        if record.kill_at is None or at < record.kill_at:
+            record.kill_at = at
+            record.kill_reason = reason
+            self._add_timer(at, record)
+
+    def _kill(self, record: ContainerRecord, reason: str) -> None:
+        logger.warning("lifepool pool %r: killing %s: %s", self.name, record.describe(), reason)
+        record.kill_reason = reason
+        record.kill_at = None
+        if record.state is ContainerState.EXITING and record.entered and not record.exited:
+            record.exit_errors.append(
+                TimeoutError(f"lifepool: {record.describe()} was killed (SIGKILL) because {reason}")
+            )
+        try:
+            os.kill(record.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self, record: ContainerRecord) -> None:
+        """The process exited: finish its books, fail or retry its calls, replace it if needed."""
+        if record.conn is not None:
+            self._read_container(record)  # what it sent before dying still counts
+        self._unwatch_conn(record)
+        self._selector.unregister(record.process.sentinel)
+        record.process.join()
+        code = record.process.exitcode
+        was = record.state
+        record.state = ContainerState.DEAD
+        record.kill_at = None
+        if not record.entered:
+            if not record.enter_failed:  # died before it could report: a crash while entering
+                self._enter_failed(record, self._crash_error(record, code, "while entering"))
+            return
+        if not record.exited:
+            if was is ContainerState.EXITING:
+                if not record.exit_errors:  # (a kill after the grace period already said so)
+                    record.exit_errors.append(self._crash_error(record, code, "during its exit hook"))
+            else:
+                logger.error("lifepool pool %r: %s died (%s)", self.name, record.describe(), _describe_exit(code))
+            self._crashed_calls(record, code)
+        self.exit_errors.extend(record.exit_errors)
+        if self.state is PoolState.RUNNING or (
+            self.state is PoolState.CLOSING and self.pending and not self._abort and self.broken is None
+        ):
+            self._start_container(record.index, record.generation + 1)
+
+    def _crashed_calls(self, record: ContainerRecord, code: int | None) -> None:
+        calls = list(record.inflight.values())
+        record.inflight.clear()
+        for call in reversed(calls):
+            if call.future.done():
+                continue
+            if call.attempts <= self.retries and self.state is PoolState.RUNNING:
+                logger.warning(
+                    "lifepool pool %r: retrying %s (attempt %d) after %s died",
+                    self.name, call.label, call.attempts + 1, record.describe(),
+                )
+                self.pending.appendleft(call)
+            else:
+                self._fail(call, self._crash_error(record, code, f"while running {call.label}"), None)
+
+    def _crash_error(self, record: ContainerRecord, code: int | None, doing: str) -> ContainerCrashedError:
+        reason = record.kill_reason if record.kill_reason else _describe_exit(code)
+        return ContainerCrashedError(
+            f"{record.describe()} of pool {self.name!r} died {doing}: {reason}",
+            index=record.index,
+            pid=record.pid,
+            exitcode=code,
+        )
+
+    # -- calls -------------------------------------------------------------
+    def _schedule(self) -> None:
+        pending, free = self.pending, self._free
+        while pending and free:
+            record = free[0]
+            if record.state is not ContainerState.READY:
+                free.popleft()
+                continue
+            call = pending.popleft()
+            if self.broken is not None:
+                self._fail(call, self.broken, None)
+                continue
+            if not call.future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            call.attempts += 1
+            call.container = record
+            record.inflight[call.id] = call
+            if self.timeout is not None:
+                call.deadline = time.monotonic() + self.timeout
+                self._add_timer(call.deadline, call)
+            if len(record.inflight) >= self.max_inputs:
+                record.state = ContainerState.BUSY
+                free.popleft()
+            self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
+
+    def _next_timeout(self) -> float | None:
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            when, _, what = heapq.heappop(self._timers)
+            if isinstance(what, ContainerRecord):
+                if what.kill_at == when and what.state is not ContainerState.DEAD:
+                    self._kill(what, what.kill_reason)
+            else:
+                self._call_timed_out(what)
+
+    def _call_timed_out(self, call: Call) -> None:
+        record = call.container
+        if call.future.done() or record is None or call.id not in record.inflight:
+            return
+        logger.warning(
+            "lifepool pool %r: %s timed out after %ss in %s; interrupting it",
+            self.name, call.label, self.timeout, record.describe(),
+        )
+        call.future.set_exception(
+            CallTimeoutError(f"{call.label} did not finish within timeout={self.timeout}s in {record.describe()}")
+        )
+        self._interrupt(record, call)
+        self._arm_kill(
+            record,
+            TIMEOUT_UNWIND_SECONDS,
+            f"a timed-out call ({call.label}) did not unwind within {TIMEOUT_UNWIND_SECONDS}s",
+        )
+
+    # -- commands from other threads --------------------------------------
+    def _command(self, command: tuple[Any, ...]) -> None:
+        kind = command[0]
+        if kind == "interrupt":
+            call: Call = command[1]
+            record = call.container
+            if record is not None and call.id in record.inflight:
+                self._interrupt(record, call)
+        elif kind == "shutdown":
+            _, cancel_futures, exit_blob, abort = command
+            if exit_blob is not None and self._exit_blob is None:
+                self._exit_blob = exit_blob
+            if cancel_futures or abort:
+                while self.pending:
+                    call = self.pending.popleft()
+                    call.future.cancel()
+            if abort and not self._abort:
+                self._abort = True
+                for record in self.slots:
+                    if record is None:
+                        continue
+                    for call in record.inflight.values():
+                        self._interrupt(record, call)
+                    if record.state is ContainerState.ENTERING:
+                        self._signal(record)
+            self.state = PoolState.CLOSING
+        elif kind == "kill":
+            for record in self.slots:
+                if record is not None and record.state is not ContainerState.DEAD:
+                    self._kill(record, command[1])
+
+    def _progress_shutdown(self) -> None:
+        if self.state is not PoolState.CLOSING:
+            return
+        if self.pending and not any(
+            r is not None and r.state is not ContainerState.DEAD for r in self.slots
+        ):
+            # No container left to run them (all failed to enter): fail, never hang.
+            while self.pending:
+                self._fail(self.pending.popleft(), self.broken or LifepoolError("no container left"), None)
+        if self.pending:
+            return
+        for record in self.slots:
+            if record is None:
+                continue
+            if (record.state in _SERVING or record.state is ContainerState.RETIRING) and not record.inflight:
+                self._send_exit(record, self._exit_blob)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        failure = LifepoolError(f"the lifepool dispatcher of pool {self.name!r} failed: {error!r}")
+        failure.__cause__ = error
+        while self.pending:
+            self._fail(self.pending.popleft(), failure, None)
+        for record in self.slots:
+            if record is None:
+                continue
+            for call in record.inflight.values():
+                self._fail(call, failure, None)
+            if record.pid is not None and record.state is not ContainerState.DEAD:
+                try:
+                    os.kill(record.pid, signal.SIGKILL)
+                    record.process.join()
+                except (ProcessLookupError, AttributeError):
+                    pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exit code {code}"
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

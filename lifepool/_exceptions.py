@@ -1,0 +1,109 @@
+"""The errors lifepool raises itself.
+
+Errors raised by *your* methods reach the caller as their own type (a
+``ValueError`` stays a ``ValueError``) with the container's frames in the
+traceback; the classes here describe what went wrong around them::
+
+    LifepoolError                 base of every error below
+     ├── EnterError               a container's enter hook failed; the pool is broken
+     │                            (__cause__: the original exception, with its traceback)
+     ├── ContainerCrashedError    a container process died while it held the call
+     ├── CallTimeoutError         a call ran past the pool's ``timeout`` (also a TimeoutError)
+     ├── RemoteError              an exception that could not cross the process
+     │                            boundary: its type name and formatted traceback
+     └── ExitHookError            exit hooks that raised or were killed after the
+                                  grace period (also an ExceptionGroup of them)
+
+    ParentExitedError             (a KeyboardInterrupt) what exit hooks receive when
+                                  the parent process vanished without shutting down
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallTimeoutError",
+    "ContainerCrashedError",
+    "EnterError",
+    "ExitHookError",
+    "LifepoolError",
+    "ParentExitedError",
+    "RemoteError",
+]
+
+
+class LifepoolError(Exception):
+    """Base class of the errors lifepool raises itself."""
+
+
+class EnterError(LifepoolError):
+    """A container's enter hook raised; every pending and later call fails with this.
+
+    ``__cause__`` is the exception the hook raised, with its container traceback.
+    """
+
+
+class ContainerCrashedError(LifepoolError):
+    """The container process running a call died (segfault, ``os._exit``, kill -9, OOM)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        pid: int | None = None,
+        exitcode: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self):  # keep the keyword attributes across pickling
+        return (_rebuild_crash, (self.args, self.index, self.pid, self.exitcode))
+
+
+def _rebuild_crash(args, index, pid, exitcode):
+    return ContainerCrashedError(*args, index=index, pid=pid, exitcode=exitcode)
+
+
+class CallTimeoutError(LifepoolError, TimeoutError):
+    """A call ran longer than the pool's ``timeout`` (counted from when it started running)."""
+
+
+class RemoteError(LifepoolError):
+    """An exception that could not be carried across processes as itself.
+
+    ``type_name`` is the original exception's qualified type name and
+    ``remote_traceback`` its traceback, formatted where it was raised.
+    """
+
+    def __init__(self, type_name: str, remote_traceback: str, message: str = "") -> None:
+        super().__init__(type_name, remote_traceback, message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        self.message = message
+
+    def __str__(self) -> str:
+        head = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return f"{head}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+
+
+class ExitHookError(LifepoolError, ExceptionGroup):
+    """Exit hooks that raised, or that were killed after ``exit_grace_period``.
+
+    An ``ExceptionGroup``: ``.exceptions`` holds one error per failing container,
+    each with its container traceback and a note naming the container.
+    """
+
+    def __new__(cls, message: str, exceptions):
+        return super().__new__(cls, message, exceptions)
+
+    def __init__(self, message: str, exceptions) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs):
+        return ExitHookError(self.message, excs)
+
+
+class ParentExitedError(KeyboardInterrupt):
+    """Passed to a container's exit hook when its parent process is gone (for example kill -9)."""

@@ -1,0 +1,320 @@
+"""LifecyclePool: options, validation, the Executor API, ``with`` and shutdown.
+
+The pool object itself holds no scheduling state: it validates and encodes in
+the caller's thread, then hands calls and commands to its
+:class:`~lifepool._dispatch.Dispatcher`, whose thread owns everything else.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import itertools
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import loky
+from loky.backend.context import get_context
+
+from . import _hooks, _wire
+from ._dispatch import Call, Dispatcher, PoolState
+from ._exceptions import ExitHookError
+from ._handles import RemoteMethod, map_calls
+
+logger = logging.getLogger("lifepool")
+
+START_METHODS = ("loky", "spawn", "forkserver")
+
+_call_ids = itertools.count(1)
+_pool_names = itertools.count(1)
+
+# Pools whose dispatcher still runs; shut down (waiting) at interpreter exit.
+_live: set[Dispatcher] = set()
+_live_lock = threading.Lock()
+
+
+class LifecyclePool(concurrent.futures.Executor):
+    """A pool of containers, each running *target*'s enter hook once, many calls, and its exit hook once.
+
+    See the README for the whole contract; the arguments:
+
+    target
+        A class (instantiated with no arguments in each container) or an
+        instance (shipped to each container with cloudpickle; its ``__init__``
+        does not run again there).
+    containers
+        How many container processes; default ``loky.cpu_count()``.
+    max_inputs
+        Calls one container runs at once (async methods as tasks on its event
+        loop, sync methods on that many threads). Default 1.
+    exit_grace_period
+        Seconds each container's exit (hooks included) may take before SIGKILL.
+    start_method
+        ``"loky"`` (default: fork+exec of a fresh interpreter that never
+        re-imports ``__main__``), ``"spawn"`` or ``"forkserver"`` (the
+        standard library's, which re-import ``__main__`` in the container).
+    name
+        Shown in logs, errors and process names.
+    timeout
+        Seconds a call may run in a container before it fails with
+        :class:`~lifepool.CallTimeoutError` (time spent queued does not count).
+    retries
+        Times a call is retried on another container when its container dies
+        under it. Default 0.
+    max_calls_per_container
+        Recycle a container (exit hook, fresh process, enter hook) after this
+        many calls. Default: never.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        /,
+        containers: int | None = None,
+        *,
+        max_inputs: int = 1,
+        exit_grace_period: float = 240.0,
+        start_method: str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        max_calls_per_container: int | None = None,
+    ) -> None:
+        self._dispatcher: Dispatcher | None = None  # set last: __del__ and __getattr__ look for it
+        cls = target if isinstance(target, type) else type(target)
+        if containers is None:
+            containers = loky.cpu_count()
+        _check_int("containers", containers, minimum=1)
+        _check_int("max_inputs", max_inputs, minimum=1)
+        _check_int("retries", retries, minimum=0)
+        if max_calls_per_container is not None:
+            _check_int("max_calls_per_container", max_calls_per_container, minimum=1)
+        _check_seconds("exit_grace_period", exit_grace_period)
+        if timeout is not None:
+            _check_seconds("timeout", timeout)
+        if start_method is not None and start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS} or None, not {start_method!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {type(name).__name__}")
+        if inspect.isroutine(target) or inspect.ismodule(target):
+            raise TypeError(f"target must be a class or an instance of one, not {target!r}")
+        try:
+            target_blob = _wire.dumps(target)
+        except Exception as error:
+            raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
+
+        self._info = _hooks.inspect_class(cls)
+        self._containers = containers
+        self._max_inputs = max_inputs
+        self._capacity = containers * max_inputs
+        self.name = name or f"pool-{next(_pool_names)}"
+        self._handles: dict[str, RemoteMethod] = {}
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._exit_errors_reported = False
+        dispatcher = Dispatcher(
+            self.name,
+            target_blob,
+            self._info.name,
+            {
+                "containers": containers,
+                "max_inputs": max_inputs,
+                "exit_grace_period": float(exit_grace_period),
+                "timeout": None if timeout is None else float(timeout),
+                "retries": retries,
+                "max_calls_per_container": max_calls_per_container,
+                "context": get_context(start_method or "loky"),
+            },
+            on_closed=_forget,
+        )
+        with _live_lock:
+            if dispatcher.state is not PoolState.CLOSED:
+                _live.add(dispatcher)
+        self._dispatcher = dispatcher
+        # A pool dropped without shutdown still lets its containers exit cleanly.
+        weakref.finalize(self, _abandoned, dispatcher)
+
+    def __repr__(self) -> str:
+        state = self._dispatcher.state.value if self._dispatcher else "unborn"
+        return f"<LifecyclePool {self.name!r} of {self._info.name}, {self._containers} containers, {state}>"
+
+    # -- method handles ---------------------------------------------------
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("_") or self.__dict__.get("_dispatcher") is None:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+                + ("" if name.startswith("__") else " (private names are not remote methods)")
+            )
+        return self.method(name)
+
+    def method(self, name: str) -> RemoteMethod:
+        """The handle of the target's public method *name* (also those the pool's own names hide)."""
+        handle = self._handles.get(name)
+        if handle is None:
+            if name not in self._info.methods:
+                raise AttributeError(_no_method(self._info, name))
+            handle = self._handles[name] = RemoteMethod(self, name)
+        return handle
+
+    # -- Executor API -------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in some container; ``lifepool.current_container()`` works there."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, not {fn!r}")
+        return self._spawn(fn, _label(fn), args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        return map_calls(self, fn, _label(fn), zip(*iterables), timeout=timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Finish (or with *cancel_futures*, drop) queued calls, then run every exit hook and reap.
+
+        With *wait*, raises :class:`~lifepool.ExitHookError` if exit hooks failed.
+        Calling it again is harmless.
+        """
+        self._request_shutdown(cancel_futures=cancel_futures)
+        if wait:
+            self._wait_closed()
+            errors = self._take_exit_errors()
+            if errors:
+                raise ExitHookError(f"exit hooks failed in pool {self.name!r}", errors)
+
+    def __enter__(self) -> LifecyclePool:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self.shutdown(wait=True)
+            return
+        # The block is raising: queued calls are dropped, running ones finish
+        # (a KeyboardInterrupt interrupts them), and every exit hook gets exc.
+        self._request_shutdown(
+            cancel_futures=True,
+            exit_exc=exc,
+            abort=isinstance(exc, KeyboardInterrupt),
+        )
+        self._wait_closed()
+        for error in self._take_exit_errors():
+            exc.add_note(f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
+            logger.error("lifepool pool %r: exit hook failed", self.name, exc_info=error)
+
+    # -- internals --------------------------------------------------------
+    def _spawn(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        try:
+            body = _wire.dumps((what, args, kwargs))
+        except Exception as error:
+            error.add_note(f"lifepool: the arguments of {label} could not be pickled")
+            raise
+        future: Future[Any] = Future()
+        call = Call(next(_call_ids), future, body, label)
+        future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
+        dispatcher = self._dispatcher
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError(f"cannot schedule new calls after shutdown (pool {self.name!r})")
+            if dispatcher.broken is not None:
+                raise dispatcher.broken
+            dispatcher.submit(call)
+        return future
+
+    def _abandon(self, futures: list[Future[Any]], *, interrupt: bool) -> None:
+        """Cancel queued calls among *futures*; with *interrupt*, interrupt the running ones."""
+        for future in futures:
+            if not future.cancel() and interrupt and not future.done():
+                self._dispatcher.control("interrupt", future._lifepool_call)
+
+    def _request_shutdown(
+        self, *, cancel_futures: bool, exit_exc: BaseException | None = None, abort: bool = False
+    ) -> None:
+        exit_blob = None if exit_exc is None else _wire.exception_blob(exit_exc)
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._dispatcher.control("shutdown", cancel_futures, exit_blob, abort)
+
+    def _wait_closed(self) -> None:
+        """Wait for every container to exit. Ctrl-C: interrupt everything; a second one: kill."""
+        closed = self._dispatcher.closed
+        try:
+            closed.wait()
+        except KeyboardInterrupt as interrupt:
+            logger.warning("lifepool pool %r: interrupted while shutting down; interrupting calls", self.name)
+            self._request_shutdown(cancel_futures=True, exit_exc=interrupt, abort=True)
+            try:
+                closed.wait()
+            except KeyboardInterrupt:
+                logger.warning("lifepool pool %r: second interrupt; killing the containers", self.name)
+                self._dispatcher.control("kill", "a second KeyboardInterrupt arrived during shutdown")
+                closed.wait()
+                raise
+            raise
+
+    def _take_exit_errors(self) -> list[BaseException]:
+        if self._exit_errors_reported:
+            return []
+        self._exit_errors_reported = True
+        return list(self._dispatcher.exit_errors)
+
+
+def _abandoned(dispatcher: Dispatcher) -> None:
+    if dispatcher.state is not PoolState.CLOSED:
+        dispatcher.control("shutdown", False, None, False)
+
+
+def _forget(dispatcher: Dispatcher) -> None:
+    with _live_lock:
+        _live.discard(dispatcher)
+
+
+def _at_interpreter_exit() -> None:
+    """A pool left open at exit: finish its calls, run its exit hooks, reap it."""
+    with _live_lock:
+        dispatchers = list(_live)
+    for dispatcher in dispatchers:
+        dispatcher.control("shutdown", False, None, False)
+    for dispatcher in dispatchers:
+        dispatcher.closed.wait()
+        for error in dispatcher.exit_errors:
+            logger.error("lifepool pool %r: exit hook failed", dispatcher.name, exc_info=error)
+
+
+threading._register_atexit(_at_interpreter_exit)
+
+
+def _label(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _no_method(info: _hooks.ClassInfo, name: str) -> str:
+    if name in info.enter_hooks or name in info.exit_hooks:
+        return f"{info.name}.{name} is a lifecycle hook, not a remote method"
+    if name.startswith("_"):
+        return f"{info.name}.{name} is private; only public methods can be called remotely"
+    return f"{info.name} has no public method {name!r}"
+
+
+def _check_int(what: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, not {value}")
+
+
+def _check_seconds(what: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive, finite number of seconds, not {value}")

@@ -1,0 +1,174 @@
+"""What travels over a container's pipe, and how it is encoded.
+
+Messages are small tuples whose first item is one of the tags below. Values
+(arguments, results, the target, exceptions) are encoded by :func:`dumps`:
+
+* plain :mod:`pickle` first, because it is several times faster than
+  cloudpickle for ordinary data;
+* :mod:`cloudpickle` when plain pickle fails (lambdas, closures) or when the
+  pickle names ``__main__`` -- classes and functions defined in a script or a
+  notebook cell must travel *by value*, because containers never import the
+  parent's ``__main__``;
+* code shipped by value keeps its real file name (cloudpickle writes
+  ``<dynamic-code>`` instead), so tracebacks from it point at the user's file
+  and line and show the source line.
+
+Exceptions travel with their traceback, ``__cause__``/``__context__`` chain and
+notes through :mod:`tblib`; one that cannot make the trip becomes a
+:class:`~lifepool.RemoteError` carrying its type name and formatted traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import traceback
+import types
+from collections import ChainMap
+
+import cloudpickle
+from tblib import pickling_support
+
+from ._exceptions import RemoteError
+
+# Every message is one frame: a fixed header (tag, call id, flag) followed by
+# an optional body. The header is decoded without unpickling anything, so a
+# body that fails to decode still tells which call it belonged to.
+HEADER = struct.Struct("<BqB")
+
+# parent -> container
+CALL = 1  # call_id, body = dumps((method name or callable, args, kwargs))
+INTERRUPT = 2  # call_id: stop that call if it is still running
+EXIT = 3  # body = exception blob (flag 1) or empty: run the exit hooks and quit
+
+# container -> parent
+ENTERING = 11  # call_id = pid: the target is unpickled, the enter hooks run
+READY = 12  # enter hooks done, calls may come
+ENTER_FAILED = 13  # body = exception blob
+RESULT = 14  # call_id, flag 1 = ok: body = dumps(value); flag 0: exception blob
+EXITED = 15  # body = pickled list of exception blobs from failing exit hooks
+
+
+def frame(tag: int, call_id: int = 0, flag: int = 0, body: bytes = b"") -> bytes:
+    return HEADER.pack(tag, call_id, flag) + body
+
+
+def unframe(data: bytes) -> tuple[int, int, int, memoryview]:
+    tag, call_id, flag = HEADER.unpack_from(data)
+    return tag, call_id, flag, memoryview(data)[HEADER.size :]
+
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _code_reduce_keeping_filename(code: types.CodeType):
+    reconstructor, args = _cloudpickle_code_reduce(code)
+    # cloudpickle blanks the file name to make payloads reproducible; put it back
+    # so tracebacks and linecache find the user's source.
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+    return reconstructor, args
+
+
+_cloudpickle_code_reduce = cloudpickle.Pickler._dispatch_table[types.CodeType]
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+class _ExceptionPickler(_Pickler):
+    """Pickles exceptions with their traceback, chain and notes (tblib).
+
+    A private pickler rather than ``tblib.pickling_support.install()``, which
+    would change how every exception pickles in the user's process.
+    """
+
+    def reducer_override(self, obj):
+        if isinstance(obj, BaseException):
+            return pickling_support.pickle_exception(obj)
+        if isinstance(obj, types.TracebackType):
+            return pickling_support.pickle_traceback(obj)
+        return super().reducer_override(obj)
+
+
+def cloud_dumps(obj) -> bytes:
+    """Encode *obj* with cloudpickle (by value for ``__main__`` code), keeping file names."""
+    with io.BytesIO() as buf:
+        _Pickler(buf, protocol=PROTOCOL).dump(obj)
+        return buf.getvalue()
+
+
+def dumps(obj) -> bytes:
+    """Encode *obj*: plain pickle where it is enough, cloudpickle where it is not."""
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:  # noqa: BLE001 - whatever plain pickle refuses, cloudpickle gets a try
+        return cloud_dumps(obj)
+    # A reference to __main__ would make the container look for the name in
+    # its own __main__, which is not the user's script: ship it by value.
+    if b"__main__" in data:
+        return cloud_dumps(obj)
+    return data
+
+
+loads = pickle.loads
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def exception_blob(exc: BaseException) -> bytes:
+    """Encode *exc* with its traceback and chain; fall back to a RemoteError.
+
+    The blob is checked by decoding it once here: an exception class whose
+    constructor cannot be replayed from ``args`` (a classic pickling trap) is
+    caught on this side, where the original is still at hand.
+    """
+    text = format_exception(exc)
+    try:
+        with io.BytesIO() as buf:
+            _ExceptionPickler(buf, protocol=PROTOCOL).dump(exc)
+            data = buf.getvalue()
+        loads(data)
+    except BaseException as pickling_error:  # noqa: BLE001 - anything may be raised by user __reduce__
+        stand_in = RemoteError(
+            _type_name(exc),
+            text,
+            f"{_safe_str(exc)} (could not be sent between processes: "
+            f"{type(pickling_error).__name__}: {_safe_str(pickling_error)})",
+        )
+        data = pickle.dumps(stand_in, PROTOCOL)
+    return pickle.dumps((data, _type_name(exc), text), PROTOCOL)
+
+
+def load_exception(blob: bytes) -> BaseException:
+    """Decode what :func:`exception_blob` made; never raises."""
+    data, type_name, text = pickle.loads(blob)
+    try:
+        exc = loads(data)
+    except BaseException as error:  # noqa: BLE001
+        return RemoteError(type_name, text, f"could not be decoded here: {error!r}")
+    if not isinstance(exc, BaseException):
+        return RemoteError(type_name, text, "decoded to a non-exception")
+    return exc
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except BaseException:  # noqa: BLE001
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def stand_in_for(exc: BaseException) -> RemoteError:
+    """A picklable exception that carries *exc*'s type name and formatted traceback."""
+    return RemoteError(_type_name(exc), format_exception(exc), _safe_str(exc))

@@ -1,0 +1,379 @@
+"""The container program: what runs inside each worker process.
+
+    parent ──pipe──► main thread: recv ─► run call ─► send result ─► recv ...
+                        │   (max_inputs == 1: the call runs right here, on the
+                        │    main thread, so an interrupt can raise inside it)
+                        │   (max_inputs > 1: calls go to N threads / the loop,
+                        │    the main thread keeps reading)
+                        ├── loop thread: the container's one asyncio event loop,
+                        │   made on first use and kept for the container's life
+                        └── watcher thread: notices the parent vanish (pipe hang-up,
+                            or getppid() change as a fallback) and interrupts main
+
+Signal policy, set before anything else runs:
+
+* SIGINT is ignored. A terminal Ctrl-C reaches the whole process group, but
+  what a container does about it is the parent's decision: the parent sends
+  an interrupt (or an exit) when it wants one. This is also why containers
+  never print a KeyboardInterrupt traceback of their own.
+* SIGUSR1 is the parent's "interrupt the running call" signal. Its handler
+  raises KeyboardInterrupt only while user code of an inline call or an enter
+  hook runs on the main thread; anywhere else it does nothing, so a late signal
+  cannot hit the wrong call (the parent never sends the next call before it
+  has seen the interrupted one finish).
+* Other threads block SIGUSR1 so that it always lands on the main thread and
+  breaks it out of a blocking system call.
+
+Lifecycle: unpickle the target (instantiate it when it is a class), run the
+enter hooks, serve calls until the parent says EXIT (or vanishes), run the
+exit hooks exactly once, report, and leave with ``os._exit`` so that stray
+non-daemon threads in user code cannot keep a finished container alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import _hooks, _wire
+from ._exceptions import ParentExitedError
+
+INTERRUPT_SIGNAL = signal.SIGUSR1
+_WATCH_INTERVAL = 1.0  # seconds between getppid() checks, the fallback parent watch
+
+
+class Container:
+    """The container a piece of code runs in: see :func:`lifepool.current_container`."""
+
+    def __init__(self, index: int, pool_name: str, instance: Any) -> None:
+        self.index = index  #: position of this container in its pool (replacements reuse it)
+        self.pid = os.getpid()  #: this container's process id
+        self.pool_name = pool_name  #: the pool's ``name``
+        self.instance = instance  #: the entered instance of the target class
+
+    def __repr__(self) -> str:
+        return f"<lifepool container {self.index} of {self.pool_name!r} (pid {self.pid})>"
+
+
+_current: Container | None = None
+
+
+def current_container() -> Container | None:
+    """The container this code runs in, or ``None`` outside any container."""
+    return _current
+
+
+class _State:
+    """What the signal handler and the watcher thread need to see (main thread writes)."""
+
+    in_user_code = False  # main thread runs an inline call or an enter hook
+    parent_gone = False
+
+
+_state = _State()
+
+
+def _on_interrupt_signal(signum: int, frame: object) -> None:
+    if not _state.in_user_code:
+        return
+    _state.in_user_code = False  # one interrupt per call
+    if _state.parent_gone:
+        raise ParentExitedError("the parent process exited without shutting the pool down")
+    raise KeyboardInterrupt("interrupted by the lifepool parent")
+
+
+def _block_interrupts_in_this_thread() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {INTERRUPT_SIGNAL, signal.SIGINT})
+
+
+class _LoopThread:
+    """The container's single event loop, running in its own thread for the container's life."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="lifepool-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        _block_interrupts_in_this_thread()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Any) -> Any:
+        """Run *coro* on the loop and wait; an interrupt cancels the task and waits it out."""
+        done = threading.Event()
+        future = self.submit(_signal_when_done(coro, done))
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            future.cancel()
+            done.wait()  # let the task's finally blocks run; the grace period bounds this
+            raise
+        return future.result()
+
+
+async def _signal_when_done(coro: Any, done: threading.Event) -> Any:
+    try:
+        return await coro
+    finally:
+        done.set()
+
+
+class _Worker:
+    def __init__(self, conn: Any, index: int, options: dict[str, Any]) -> None:
+        self.conn = conn
+        self.index = index
+        self.options = options
+        self.instance: Any = None
+        self.info: _hooks.ClassInfo | None = None
+        self._loop: _LoopThread | None = None
+        self._send_lock = threading.Lock()
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._tasks: dict[int, concurrent.futures.Future[Any]] = {}  # concurrent-mode calls
+
+    # -- plumbing ---------------------------------------------------------
+    @property
+    def loop(self) -> _LoopThread:
+        if self._loop is None:
+            self._loop = _LoopThread()
+        return self._loop
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+    def run_user(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call user code on the main thread, where the parent may interrupt it."""
+        if _hooks.is_async(func):
+            coro = func(*args, **kwargs)
+            _state.in_user_code = True
+            try:
+                return self.loop.run(coro)
+            finally:
+                _state.in_user_code = False
+        _state.in_user_code = True
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _state.in_user_code = False
+
+    # -- lifecycle --------------------------------------------------------
+    def enter(self, target_blob: bytes) -> None:
+        global _current
+        target = _wire.loads(target_blob)
+        cls = target if isinstance(target, type) else type(target)
+        self.info = _hooks.inspect_class(cls)
+        self.instance = self.run_user(cls) if isinstance(target, type) else target
+        _current = Container(self.index, self.options["pool_name"], self.instance)
+        self.send(_wire.frame(_wire.ENTERING, os.getpid()))
+        if _hooks.is_async(getattr(cls, "__aenter__", None)):
+            self.run_user(self.instance.__aenter__)
+        elif hasattr(cls, "__enter__"):
+            self.run_user(self.instance.__enter__)
+        for name in self.info.enter_hooks:
+            self.run_user(getattr(self.instance, name))
+
+    def exit(self, exc: BaseException | None) -> list[bytes]:
+        """Run every exit hook once; return the blobs of those that raised."""
+        errors: list[bytes] = []
+        cls = type(self.instance)
+        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else (None, None, None)
+        hooks: list[Callable[[], Any]] = [getattr(self.instance, n) for n in self.info.exit_hooks]
+        if _hooks.is_async(getattr(cls, "__aexit__", None)):
+            hooks.append(lambda: self.instance.__aexit__(*exc_info))
+        elif hasattr(cls, "__exit__"):
+            hooks.append(lambda: self.instance.__exit__(*exc_info))
+        for hook in hooks:
+            try:
+                result = hook()
+                if asyncio.iscoroutine(result):
+                    self.loop.run(result)
+            except BaseException as error:  # noqa: BLE001 - reported to the parent
+                errors.append(_wire.exception_blob(_trimmed(error)))
+        return errors
+
+    # -- calls ------------------------------------------------------------
+    def resolve(self, body: memoryview) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        what, args, kwargs = _wire.loads(body)
+        func = getattr(self.instance, what) if isinstance(what, str) else what
+        return func, args, kwargs
+
+    def result_frame(self, call_id: int, ok: bool, value: Any) -> bytes:
+        if ok:
+            try:
+                return _wire.frame(_wire.RESULT, call_id, 1, _wire.dumps(value))
+            except BaseException as error:  # noqa: BLE001 - fails this call only
+                error.add_note(
+                    f"lifepool: the result ({type(value).__qualname__}) could not be pickled "
+                    "to send it back to the caller"
+                )
+                value = error
+        return _wire.frame(_wire.RESULT, call_id, 0, _wire.exception_blob(_trimmed(value)))
+
+    def run_inline(self, call_id: int, body: memoryview) -> BaseException | None:
+        """Run one call on the main thread; returns ParentExitedError if that ended it."""
+        try:
+            func, args, kwargs = self.resolve(body)
+            value, ok = self.run_user(func, *args, **kwargs), True
+        except BaseException as error:  # noqa: BLE001 - everything goes back to the caller
+            value, ok = error, False
+        if not ok and isinstance(value, ParentExitedError):
+            return value
+        try:
+            self.send(self.result_frame(call_id, ok, value))
+        except OSError:
+            return ParentExitedError("the parent process is gone (pipe closed)")
+        return None
+
+    def start_concurrent(self, call_id: int, body: memoryview) -> None:
+        """max_inputs > 1: start a call on the loop or a thread; its result is sent when done."""
+        try:
+            func, args, kwargs = self.resolve(body)
+            if _hooks.is_async(func):
+                future = self.loop.submit(func(*args, **kwargs))
+            else:
+                if self._threads is None:
+                    self._threads = concurrent.futures.ThreadPoolExecutor(
+                        self.options["max_inputs"],
+                        thread_name_prefix="lifepool-call",
+                        initializer=_block_interrupts_in_this_thread,
+                    )
+                future = self._threads.submit(func, *args, **kwargs)
+        except BaseException as error:  # noqa: BLE001
+            self.send(self.result_frame(call_id, False, error))
+            return
+        self._tasks[call_id] = future
+        future.add_done_callback(lambda f: self._finish_concurrent(call_id, f))
+
+    def _finish_concurrent(self, call_id: int, future: concurrent.futures.Future[Any]) -> None:
+        self._tasks.pop(call_id, None)
+        if future.cancelled():
+            ok, value = False, KeyboardInterrupt("interrupted by the lifepool parent (task cancelled)")
+        elif future.exception() is not None:
+            ok, value = False, future.exception()
+        else:
+            ok, value = True, future.result()
+        try:
+            self.send(self.result_frame(call_id, ok, value))
+        except OSError:
+            pass  # the parent is gone; the main thread notices on its next read
+
+    def interrupt_concurrent(self, call_id: int) -> None:
+        future = self._tasks.get(call_id)
+        if future is not None:
+            # An asyncio task is cancelled at its current await; a sync call on a
+            # worker thread cannot be interrupted (Python has no safe way to raise
+            # in another thread), so cancel() is a no-op there and the parent's
+            # grace period and SIGKILL are the backstop.
+            future.cancel()
+
+    def serve(self) -> BaseException | None:
+        """Serve calls until EXIT or the parent vanishes; return what the exit hooks get."""
+        concurrent_mode = self.options["max_inputs"] > 1
+        while True:
+            try:
+                data = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
+            tag, call_id, flag, body = _wire.unframe(data)
+            if tag == _wire.CALL:
+                if concurrent_mode:
+                    self.start_concurrent(call_id, body)
+                else:
+                    gone = self.run_inline(call_id, body)
+                    if gone is not None:
+                        return gone
+            elif tag == _wire.INTERRUPT:
+                if concurrent_mode:
+                    self.interrupt_concurrent(call_id)
+            elif tag == _wire.EXIT:
+                return _wire.load_exception(bytes(body)) if flag else None
+
+
+def _raised(exc: BaseException) -> BaseException:
+    """Give *exc* a traceback of its own, as if raised here."""
+    try:
+        raise exc
+    except BaseException as error:  # noqa: BLE001
+        return error
+
+
+def _trimmed(exc: BaseException) -> BaseException:
+    """Drop lifepool's own frames from the top of *exc*'s traceback."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("lifepool."):
+        if tb.tb_next is None:
+            break
+        tb = tb.tb_next
+    return exc.with_traceback(tb)
+
+
+def _watch_parent(conn_fd: int, parent_pid: int) -> None:
+    """Notice the parent vanish while the main thread is busy; interrupt it."""
+    _block_interrupts_in_this_thread()
+    poller = select.poll()
+    # POLLRDHUP: wake on the parent's end closing, not on ordinary data.
+    poller.register(conn_fd, getattr(select, "POLLRDHUP", 0) | select.POLLHUP)
+    while True:
+        events = poller.poll(_WATCH_INTERVAL * 1000)
+        if events or os.getppid() != parent_pid:
+            break
+    _state.parent_gone = True
+    signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+
+def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> None:
+    """Entry point of a container process (the target of its Process object)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
+    # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
+    # container that has no policy yet); the mask is inherited, undo it now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, INTERRUPT_SIGNAL, signal.SIGTERM})
+    threading.Thread(
+        target=_watch_parent,
+        args=(conn.fileno(), options["parent_pid"]),
+        name="lifepool-watch",
+        daemon=True,
+    ).start()
+    worker = _Worker(conn, index, options)
+    try:
+        worker.enter(target_blob)
+    except BaseException as error:  # noqa: BLE001 - reported; a failed enter gets no exit hook
+        try:
+            worker.send(_wire.frame(_wire.ENTER_FAILED, body=_wire.exception_blob(_trimmed(error))))
+        except OSError:
+            pass
+        _leave(1)
+    try:
+        worker.send(_wire.frame(_wire.READY))
+        exit_exc = worker.serve()
+    except OSError:
+        exit_exc = _raised(ParentExitedError("the parent process is gone (pipe closed)"))
+    if worker._threads is not None:
+        worker._threads.shutdown(wait=True)
+    errors = worker.exit(exit_exc)
+    try:
+        worker.send(_wire.frame(_wire.EXITED, body=pickle.dumps(errors)))
+    except OSError:
+        pass
+    _leave(0)
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
