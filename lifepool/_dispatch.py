@@ -223,12 +223,16 @@ class Dispatcher:
         for key, _mask in events:
             data = key.data
             if data is None:
-                self._wake_pending = False
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
                 except BlockingIOError:
                     pass
+                # Cleared only after draining: a wake() that wrote during the
+                # drain must not leave the flag set with no byte in the pipe
+                # (the next wake() would then skip its write and nobody wakes us).
+                # Everything appended before this line is handled below.
+                self._wake_pending = False
             elif data[0] == "conn":
                 if data[1].conn is not None:  # (not closed earlier in this batch)
                     self._read_container(data[1])

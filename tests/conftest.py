@@ -1,0 +1,41 @@
+"""Shared fixtures: every test leaves no container process behind."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+import pytest
+
+
+def markers(directory: pathlib.Path, event: str) -> dict[int, str]:
+    """{pid: text} of the ``<event>-<pid>`` markers containers wrote in *directory*."""
+    found = {}
+    for path in directory.glob(f"{event}-*"):
+        if path.suffix == ".tmp":
+            continue
+        found[int(path.name.rsplit("-", 1)[1])] = path.read_text()
+    return found
+
+
+def assert_gone(pids, timeout: float = 10.0) -> None:
+    """Every pid in *pids* has exited (bounded wait: reaping can lag the exit a little)."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+        if alive:
+            time.sleep(0.02)
+    assert not alive, f"container processes still alive: {sorted(alive)}"
+
+
+@pytest.fixture
+def hookdir(tmp_path: pathlib.Path) -> pathlib.Path:
+    directory = tmp_path / "hooks"
+    directory.mkdir()
+    return directory

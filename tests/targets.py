@@ -1,0 +1,237 @@
+"""Target classes for the tests, in an importable module (containers import it by name).
+
+Containers report what happened to them through marker files in a directory
+the test owns: ``<event>-<pid>`` files, whose content is a short text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import threading
+import time
+
+import lifepool
+
+
+def mark(directory: str | os.PathLike[str], event: str, text: str = "") -> None:
+    path = pathlib.Path(directory) / f"{event}-{os.getpid()}"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)  # atomic: a reader never sees half a marker
+
+
+def wait_for_path(path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    """Block until *path* exists (bounded)."""
+    deadline = time.monotonic() + timeout
+    path = pathlib.Path(path)
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.005)
+
+
+class Recorder:
+    """Writes a marker for each lifecycle event; its methods are trivial."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = str(directory)
+        mark(self.directory, "init")
+
+    def __enter__(self):
+        mark(self.directory, "enter")
+        self.entered = True
+        return self
+
+    def __exit__(self, exc_type, exc_value, tb):
+        import traceback
+
+        tb_text = "".join(traceback.format_tb(tb)) if tb is not None else ""
+        mark(
+            self.directory,
+            "exit",
+            f"{exc_type.__name__ if exc_type else None}|{exc_value!r}|{tb_text}",
+        )
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def echo(self, x):
+        return x
+
+    def double(self, x):
+        return 2 * x
+
+    def add(self, a, b=0):
+        return a + b
+
+    def where(self) -> tuple[int, int]:
+        container = lifepool.current_container()
+        assert container is not None and container.instance is self
+        return container.index, os.getpid()
+
+    def fail(self, message: str = "bad input"):
+        raise ValueError(message)
+
+    def fail_if_odd(self, x):
+        if x % 2:
+            raise ValueError(f"odd: {x}")
+        return x
+
+    def block_until(self, path: str, started: str | None = None):
+        """Announce the start (marker *started*), then wait for *path* to exist."""
+        if started:
+            pathlib.Path(started).touch()
+        wait_for_path(path)
+        return "released"
+
+    def chained(self):
+        try:
+            {}["missing"]
+        except KeyError as key_error:
+            raise RuntimeError("while looking up") from key_error
+
+    def implicit_chain(self):
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            raise ValueError("during handling")
+
+    def unpicklable_result(self):
+        return threading.Lock()
+
+    def unpicklable_error(self):
+        raise UnpicklableError(threading.Lock())
+
+    def custom_init_error(self):
+        raise CustomInitError("a", 2)
+
+    def exploding_reduce_error(self):
+        raise ExplodingReduceError("boom")
+
+    def map(self, x):  # a name the pool itself uses
+        return ("method map", x)
+
+    def _private(self):
+        return "no"
+
+    @lifepool.enter()
+    def _hook_marked(self):
+        pass
+
+
+class UnpicklableError(Exception):
+    def __init__(self, lock):
+        super().__init__("holds a lock")
+        self.lock = lock
+
+
+class CustomInitError(Exception):
+    def __init__(self, name, count):
+        super().__init__(f"{name} x {count}")
+        self.name = name
+        self.count = count
+
+
+class ExplodingReduceError(Exception):
+    def __reduce__(self):
+        raise RuntimeError("__reduce__ exploded")
+
+
+class Plain:
+    """No hooks at all."""
+
+    def hello(self, name):
+        return f"hello {name}"
+
+
+class Ordered:
+    """Records the order hooks ran in, per container."""
+
+    directory = ""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.events = []
+
+    def __enter__(self):
+        self.events.append("__enter__")
+
+    @lifepool.enter()
+    def first(self):
+        self.events.append("first")
+
+    @lifepool.enter()
+    def second(self):
+        self.events.append("second")
+
+    @lifepool.exit()
+    def cleanup(self):
+        self.events.append("cleanup")
+
+    def __exit__(self, *exc):
+        self.events.append("__exit__")
+        mark(self.directory, "events", ",".join(self.events))
+
+    def events_so_far(self):
+        return list(self.events)
+
+
+class AsyncProcessor:
+    """The reference's Processor: __aenter__ makes something the async method uses."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+
+    async def __aenter__(self):
+        self.loop = asyncio.get_running_loop()
+        self.cache = {"ready": True}
+
+    async def run(self, x):
+        assert asyncio.get_running_loop() is self.loop  # the container's one loop
+        await asyncio.sleep(0)
+        return (x, self.cache["ready"])
+
+    def sync_beside(self, x):
+        return x + 1
+
+    async def __aexit__(self, exc_type, exc_value, tb):
+        assert asyncio.get_running_loop() is self.loop
+        mark(self.directory, "aexit", repr(exc_type))
+
+
+class FailingEnter:
+    """Fails to enter in the one container that wins the marker race."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+
+    def __enter__(self):
+        try:
+            fd = os.open(os.path.join(self.directory, "failer"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            mark(self.directory, "enter")
+            return
+        os.close(fd)
+        raise OSError("cannot load weights")
+
+    def work(self, x):
+        return x
+
+    def __exit__(self, *exc):
+        mark(self.directory, "exit", repr(exc[0]))
+
+
+class FailingExit:
+    def __init__(self, directory):
+        self.directory = str(directory)
+
+    def __enter__(self):
+        pass
+
+    def ping(self):
+        return "pong"
+
+    def __exit__(self, *exc):
+        raise RuntimeError(f"cleanup failed in {os.getpid()}")
