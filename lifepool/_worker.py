@@ -153,8 +153,9 @@ class _Worker:
         with self._send_lock:
             self.conn.send_bytes(data)
 
-    def run_user(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def run_user(self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         """Call user code on the main thread, where the parent may interrupt it."""
+        kwargs = kwargs or {}
         if _hooks.is_async(func):
             coro = func(*args, **kwargs)
             _state.in_user_code = True
@@ -225,7 +226,7 @@ class _Worker:
         """Run one call on the main thread; returns ParentExitedError if that ended it."""
         try:
             func, args, kwargs = self.resolve(body)
-            value, ok = self.run_user(func, *args, **kwargs), True
+            value, ok = self.run_user(func, args, kwargs), True
         except BaseException as error:  # noqa: BLE001 - everything goes back to the caller
             value, ok = error, False
         if not ok and isinstance(value, ParentExitedError):

@@ -1,0 +1,226 @@
+"""Method handles, the Executor API, map windows, and errors that cross the process boundary."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import threading
+import traceback
+
+import pytest
+from targets import CustomInitError, Recorder
+
+import lifepool
+
+
+@pytest.fixture
+def pool(hookdir):
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=2) as p:
+        yield p
+
+
+def test_is_an_executor(pool):
+    assert isinstance(pool, concurrent.futures.Executor)
+
+
+def test_call_remote_and_spawn(pool):
+    assert pool.add.call(1, b=2) == 3
+    assert pool.add.remote(1, 2) == 3
+    future = pool.add.spawn(4, b=5)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=60) == 9
+
+
+def test_unknown_and_private_names_fail_at_once_in_the_caller(pool):
+    with pytest.raises(AttributeError, match="no public method 'nope'"):
+        pool.nope  # noqa: B018
+    with pytest.raises(AttributeError, match="private"):
+        pool.method("_private")
+    with pytest.raises(AttributeError):
+        pool._private  # noqa: B018
+    with pytest.raises(AttributeError):
+        pool.__enter__.call  # the pool's own __enter__ is not a remote method  # noqa: B018
+
+
+def test_method_reaches_names_the_pool_uses(pool):
+    assert pool.method("map").call(3) == ("method map", 3)
+    assert pool.method("echo") is pool.echo  # handles are cached
+
+
+def test_map_keeps_order_and_spreads_over_containers(pool):
+    assert list(pool.double.map(range(50))) == [2 * i for i in range(50)]
+    assert list(pool.add.map(range(5), range(5))) == [0, 2, 4, 6, 8]
+
+
+def test_map_unordered_yields_everything(pool):
+    assert sorted(pool.double.map(range(50), order_outputs=False)) == [2 * i for i in range(50)]
+
+
+def test_map_raises_the_first_error_in_order(pool):
+    results = pool.fail_if_odd.map([0, 2, 3, 4])
+    assert next(results) == 0
+    assert next(results) == 2
+    with pytest.raises(ValueError, match="odd: 3"):
+        next(results)
+
+
+def test_map_return_exceptions(pool):
+    results = list(pool.fail_if_odd.map(range(4), return_exceptions=True))
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], ValueError) and isinstance(results[3], ValueError)
+
+
+def test_starmap(pool):
+    assert list(pool.add.starmap([(1, 2), (3, 4)])) == [3, 7]
+
+
+def test_map_over_an_endless_generator_is_lazy_and_windowed(pool):
+    consumed = itertools.count()
+
+    def endless():
+        for i in itertools.count():
+            next(consumed)
+            yield i
+
+    results = pool.double.map(endless())
+    assert list(itertools.islice(results, 10)) == [2 * i for i in range(10)]
+    results.close()
+    taken = next(consumed)
+    # never more than the window ahead: 2 x containers x max_inputs
+    assert taken <= 10 + 2 * 2 * 1 + 1
+
+
+def test_map_window_never_smaller_than_capacity(hookdir):
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=2, max_inputs=3) as p:
+        started = itertools.count()
+
+        def inputs():
+            for i in range(100):
+                next(started)
+                yield i
+
+        results = p.echo.map(inputs())  # the first window is submitted at once
+        assert next(started) >= 2 * 3
+        assert list(results) == list(range(100))
+
+
+def test_submit_runs_plain_callables_with_positional_only_fn(pool):
+    assert pool.submit(pow, 2, 10).result(timeout=60) == 1024
+
+    def kw(**kwargs):
+        return kwargs
+
+    assert pool.submit(kw, fn=1, self=2).result(timeout=60) == {"fn": 1, "self": 2}
+
+
+def test_submit_sees_current_container(pool):
+    def where():
+        container = lifepool.current_container()
+        return container.index, container.pid == os.getpid(), type(container.instance).__name__
+
+    index, same_pid, instance_type = pool.submit(where).result(timeout=60)
+    assert index in (0, 1) and same_pid and instance_type == "Recorder"
+    assert lifepool.current_container() is None
+
+
+def test_executor_map(pool):
+    assert list(pool.map(pow, [2, 3], [2, 2])) == [4, 9]
+    assert list(pool.map(abs, range(-3, 0), timeout=60, chunksize=4)) == [3, 2, 1]
+
+
+def test_executor_map_times_out(pool, hookdir):
+    release = hookdir / "release"
+    results = pool.method("block_until").map([str(release)])
+    # not through a method: use Executor.map on a blocking callable
+    from targets import wait_for_path
+
+    blocking = pool.map(wait_for_path, [str(release)], timeout=0.2)
+    with pytest.raises(TimeoutError):
+        next(blocking)
+    release.touch()
+    assert list(results) == ["released"]
+
+
+def test_lambda_and_closure_travel_by_value(pool):
+    offset = 10
+    assert pool.submit(lambda x: x + offset, 5).result(timeout=60) == 15
+
+
+def test_errors_keep_their_type_traceback_and_a_note(pool):
+    with pytest.raises(ValueError, match="bad input") as info:
+        pool.fail.call()
+    error = info.value
+    text = "".join(traceback.format_exception(error))
+    assert "targets.py" in text and "in fail" in text
+    assert "raise ValueError(message)" in text  # the source line is shown
+    (note,) = [n for n in error.__notes__ if n.startswith("lifepool:")]
+    assert "container" in note and "pid" in note and "Recorder.fail" in note
+
+
+def test_error_chains_survive(pool):
+    with pytest.raises(RuntimeError) as info:
+        pool.chained.call()
+    assert isinstance(info.value.__cause__, KeyError)
+    assert "{}[\"missing\"]" in "".join(traceback.format_exception(info.value))
+    with pytest.raises(ValueError) as info:
+        pool.implicit_chain.call()
+    assert isinstance(info.value.__context__, ZeroDivisionError)
+
+
+def test_error_with_custom_init_arrives_as_itself(pool):
+    with pytest.raises(CustomInitError) as info:
+        pool.custom_init_error.call()
+    assert info.value.name == "a" and info.value.count == 2
+
+
+def test_unpicklable_error_becomes_remote_error(pool):
+    with pytest.raises(lifepool.RemoteError) as info:
+        pool.unpicklable_error.call()
+    assert info.value.type_name.endswith("UnpicklableError")
+    assert "raise UnpicklableError" in info.value.remote_traceback
+    assert pool.echo.call("still serving") == "still serving"
+
+
+def test_error_whose_reduce_raises_becomes_remote_error(pool):
+    with pytest.raises(lifepool.RemoteError) as info:
+        pool.exploding_reduce_error.call()
+    assert "ExplodingReduceError" in info.value.type_name
+    assert pool.echo.call(1) == 1
+
+
+def test_unpicklable_arguments_raise_in_the_caller_naming_the_method(pool):
+    with pytest.raises(TypeError) as info:
+        pool.echo.call(threading.Lock())
+    assert any("Recorder.echo" in note for note in info.value.__notes__)
+    assert pool.echo.call(2) == 2
+
+
+def test_unpicklable_result_fails_that_call_only(pool):
+    with pytest.raises(TypeError) as info:
+        pool.unpicklable_result.call()
+    assert any("could not be pickled" in note for note in info.value.__notes__)
+    assert pool.echo.call(3) == 3
+
+
+def test_spawned_future_can_be_cancelled_while_queued(hookdir):
+    from targets import wait_for_path
+
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=1) as p:
+        release, started = hookdir / "release", hookdir / "started"
+        first = p.block_until.spawn(str(release), str(started))
+        queued = p.echo.spawn("never")
+        wait_for_path(started)
+        assert queued.cancel()
+        release.touch()
+        assert first.result(timeout=60) == "released"
+        assert p.echo.call("after") == "after"
+
+
+def test_many_threads_calling_at_once(pool):
+    def worker(n):
+        return [pool.add.call(n, i) for i in range(20)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(worker, range(8)))
+    assert results == [[n + i for i in range(20)] for n in range(8)]
