@@ -245,9 +245,11 @@ class Dispatcher:
         self._progress_shutdown()
 
     def _finished(self) -> bool:
-        return self.state is PoolState.CLOSING and all(
-            c is None or c.state is ContainerState.DEAD for c in self.slots
-        ) and not self.pending
+        return (
+            self.state is PoolState.CLOSING
+            and all(c is None or c.state is ContainerState.DEAD for c in self.slots)
+            and not self.pending
+        )
 
     # -- containers --------------------------------------------------------
     def _start_container(self, index: int, generation: int) -> None:
@@ -354,9 +356,14 @@ class Dispatcher:
                 record.state = ContainerState.BUSY
 
     def _release_slot(self, record: ContainerRecord) -> None:
-        if self.max_calls is not None and record.calls_done >= self.max_calls and record.state in (
-            ContainerState.READY,
-            ContainerState.BUSY,
+        if (
+            self.max_calls is not None
+            and record.calls_done >= self.max_calls
+            and record.state
+            in (
+                ContainerState.READY,
+                ContainerState.BUSY,
+            )
         ):
             record.state = ContainerState.RETIRING
             logger.info(
@@ -469,7 +476,10 @@ class Dispatcher:
             if call.attempts <= self.retries and self.state is PoolState.RUNNING:
                 logger.warning(
                     "lifepool pool %r: retrying %s (attempt %d) after %s died",
-                    self.name, call.label, call.attempts + 1, record.describe(),
+                    self.name,
+                    call.label,
+                    call.attempts + 1,
+                    record.describe(),
                 )
                 self.pending.appendleft(call)
             else:
@@ -530,7 +540,10 @@ class Dispatcher:
             return
         logger.warning(
             "lifepool pool %r: %s timed out after %ss in %s; interrupting it",
-            self.name, call.label, self.timeout, record.describe(),
+            self.name,
+            call.label,
+            self.timeout,
+            record.describe(),
         )
         call.future.set_exception(
             CallTimeoutError(f"{call.label} did not finish within timeout={self.timeout}s in {record.describe()}")
@@ -576,9 +589,7 @@ class Dispatcher:
     def _progress_shutdown(self) -> None:
         if self.state is not PoolState.CLOSING:
             return
-        if self.pending and not any(
-            r is not None and r.state is not ContainerState.DEAD for r in self.slots
-        ):
+        if self.pending and not any(r is not None and r.state is not ContainerState.DEAD for r in self.slots):
             # No container left to run them (all failed to enter): fail, never hang.
             while self.pending:
                 self._fail(self.pending.popleft(), self.broken or LifepoolError("no container left"), None)

@@ -74,9 +74,7 @@ _cloudpickle_code_reduce = cloudpickle.Pickler._dispatch_table[types.CodeType]
 
 
 class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap(
-        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
-    )
+    dispatch_table = ChainMap({types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table)
 
 
 class _ExceptionPickler(_Pickler):

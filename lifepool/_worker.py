@@ -153,7 +153,9 @@ class _Worker:
         with self._send_lock:
             self.conn.send_bytes(data)
 
-    def run_user(self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    def run_user(
+        self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         """Call user code on the main thread, where the parent may interrupt it."""
         kwargs = kwargs or {}
         if _hooks.is_async(func):

@@ -88,13 +88,13 @@ class Recorder:
 
     def chained(self):
         try:
-            {}["missing"]
+            _ = {}["missing"]
         except KeyError as key_error:
             raise RuntimeError("while looking up") from key_error
 
     def implicit_chain(self):
         try:
-            1 / 0
+            _ = 1 / 0
         except ZeroDivisionError:
             raise ValueError("during handling")
 

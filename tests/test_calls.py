@@ -162,7 +162,7 @@ def test_error_chains_survive(pool):
     with pytest.raises(RuntimeError) as info:
         pool.chained.call()
     assert isinstance(info.value.__cause__, KeyError)
-    assert "{}[\"missing\"]" in "".join(traceback.format_exception(info.value))
+    assert '{}["missing"]' in "".join(traceback.format_exception(info.value))
     with pytest.raises(ValueError) as info:
         pool.implicit_chain.call()
     assert isinstance(info.value.__context__, ZeroDivisionError)

@@ -87,7 +87,7 @@ def test_exit_hook_receives_an_error_that_came_back_from_a_container(hookdir):
         with lifepool.LifecyclePool(Recorder(hookdir), containers=1) as pool:
             pool.fail.call()
     (text,) = markers(hookdir, "exit").values()
-    type_name, value, tb_text = text.split("|", 2)
+    type_name, _, tb_text = text.split("|", 2)
     assert type_name == "ValueError"
     assert "raise ValueError(message)" in tb_text  # the container's frame travelled both ways
 
