@@ -153,10 +153,17 @@ class Dispatcher:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_pending = False
+        # Why new calls are refused (a factory of the error to raise), set under
+        # _submit_lock so that no call can slip into `pending` after the
+        # dispatcher has decided it is finished.
+        self._submit_lock = threading.Lock()
+        self._refusal: Callable[[], BaseException] | None = None
 
         # Owned by the dispatcher thread.
         self.state = PoolState.RUNNING
-        self.broken: EnterError | None = None
+        self.enter_failure: BaseException | None = None  # the first enter hook error, if any
+        self._enter_failed_in: int | None = None
+        self._in_hand: list[Call] = []  # calls taken out of a table, not yet put back (see _fail_everything)
         self.slots: list[ContainerRecord | None] = [None] * self.containers_wanted
         self._free: collections.deque[ContainerRecord] = collections.deque()
         # Deadlines, soonest first: (when, seq, call) for call timeouts and
@@ -185,8 +192,21 @@ class Dispatcher:
                 pass  # the pipe is full (a wake-up is pending anyway) or closed (finished)
 
     def submit(self, call: Call) -> None:
-        self.pending.append(call)
+        with self._submit_lock:
+            if self._refusal is not None:
+                raise self._refusal()
+            self.pending.append(call)
         self.wake()
+
+    def refuse(self, make_error: Callable[[], BaseException]) -> None:
+        """From now on, submit() raises ``make_error()`` (the first reason given wins)."""
+        with self._submit_lock:
+            if self._refusal is None:
+                self._refusal = make_error
+
+    def shutdown(self, cancel_futures: bool, exit_blob: bytes | None, abort: bool) -> None:
+        self.refuse(lambda: RuntimeError(f"cannot schedule new calls after shutdown (pool {self.name!r})"))
+        self.control("shutdown", cancel_futures, exit_blob, abort)
 
     def control(self, *command: Any) -> None:
         self.commands.append(command)
@@ -209,6 +229,9 @@ class Dispatcher:
             logger.critical("lifepool pool %r: dispatcher failed", self.name, exc_info=True)
             self._fail_everything(error)
         finally:
+            self.refuse(lambda: RuntimeError(f"cannot schedule new calls: pool {self.name!r} is closed"))
+            while self.pending:  # (only after a dispatcher failure)
+                self._fail(self.pending.popleft(), RuntimeError(f"pool {self.name!r} closed"), None)
             self.state = PoolState.CLOSED
             self._selector.close()
             # The wake-up pipe stays open until this object is collected: a
@@ -378,16 +401,21 @@ class Dispatcher:
     def _enter_failed(self, record: ContainerRecord, error: BaseException) -> None:
         if self._abort or (self.state is PoolState.CLOSING and isinstance(error, KeyboardInterrupt)):
             return  # interrupted on purpose while entering: not a failure of the class
-        if self.broken is None:
-            broken = EnterError(f"the enter hook of {self.class_name} failed in container {record.index}")
-            broken.__cause__ = error
-            self.broken = broken
+        if self.enter_failure is None:
+            self.enter_failure = error
+            self._enter_failed_in = record.index
             logger.error("lifepool pool %r: enter failed in %s: %r", self.name, record.describe(), error)
+            self.refuse(self.enter_error)
             if self.state is PoolState.RUNNING:
                 self.state = PoolState.BROKEN
         while self.pending:
-            call = self.pending.popleft()
-            self._fail(call, self.broken, None)
+            self._fail(self.pending.popleft(), self.enter_error(), None)
+
+    def enter_error(self) -> EnterError:
+        """A fresh EnterError (each raise gets its own traceback) caused by the first enter failure."""
+        error = EnterError(f"the enter hook of {self.class_name} failed in container {self._enter_failed_in}")
+        error.__cause__ = self.enter_failure
+        return error
 
     def _signal(self, record: ContainerRecord) -> None:
         if record.pid is not None and record.state is not ContainerState.DEAD:
@@ -463,12 +491,13 @@ class Dispatcher:
             self._crashed_calls(record, code)
         self.exit_errors.extend(record.exit_errors)
         if self.state is PoolState.RUNNING or (
-            self.state is PoolState.CLOSING and self.pending and not self._abort and self.broken is None
+            self.state is PoolState.CLOSING and self.pending and not self._abort and self.enter_failure is None
         ):
             self._start_container(record.index, record.generation + 1)
 
     def _crashed_calls(self, record: ContainerRecord, code: int | None) -> None:
         calls = list(record.inflight.values())
+        self._in_hand.extend(calls)
         record.inflight.clear()
         for call in reversed(calls):
             if call.future.done():
@@ -484,6 +513,7 @@ class Dispatcher:
                 self.pending.appendleft(call)
             else:
                 self._fail(call, self._crash_error(record, code, f"while running {call.label}"), None)
+        self._in_hand.clear()
 
     def _crash_error(self, record: ContainerRecord, code: int | None, doing: str) -> ContainerCrashedError:
         reason = record.kill_reason if record.kill_reason else _describe_exit(code)
@@ -503,10 +533,14 @@ class Dispatcher:
                 free.popleft()
                 continue
             call = pending.popleft()
-            if self.broken is not None:
-                self._fail(call, self.broken, None)
+            self._in_hand.append(call)
+            if self.enter_failure is not None:
+                self._fail(call, self.enter_error(), None)
+                self._in_hand.clear()
                 continue
-            if not call.future.set_running_or_notify_cancel():
+            # (a retried call is already RUNNING: a running future cannot be cancelled)
+            if call.attempts == 0 and not call.future.set_running_or_notify_cancel():
+                self._in_hand.clear()
                 continue  # cancelled while queued
             call.attempts += 1
             call.container = record
@@ -517,6 +551,7 @@ class Dispatcher:
             if len(record.inflight) >= self.max_inputs:
                 record.state = ContainerState.BUSY
                 free.popleft()
+            self._in_hand.clear()
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
 
     def _next_timeout(self) -> float | None:
@@ -592,7 +627,8 @@ class Dispatcher:
         if self.pending and not any(r is not None and r.state is not ContainerState.DEAD for r in self.slots):
             # No container left to run them (all failed to enter): fail, never hang.
             while self.pending:
-                self._fail(self.pending.popleft(), self.broken or LifepoolError("no container left"), None)
+                error = self.enter_error() if self.enter_failure else LifepoolError("no container left to run it")
+                self._fail(self.pending.popleft(), error, None)
         if self.pending:
             return
         for record in self.slots:
@@ -604,6 +640,9 @@ class Dispatcher:
     def _fail_everything(self, error: BaseException) -> None:
         failure = LifepoolError(f"the lifepool dispatcher of pool {self.name!r} failed: {error!r}")
         failure.__cause__ = error
+        self.refuse(lambda: failure)
+        for call in self._in_hand:
+            self._fail(call, failure, None)
         while self.pending:
             self._fail(self.pending.popleft(), failure, None)
         for record in self.slots:

@@ -114,8 +114,6 @@ class LifecyclePool(concurrent.futures.Executor):
         self._capacity = containers * max_inputs
         self.name = name or f"pool-{next(_pool_names)}"
         self._handles: dict[str, RemoteMethod] = {}
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = False
         self._exit_errors_reported = False
         dispatcher = Dispatcher(
             self.name,
@@ -222,13 +220,7 @@ class LifecyclePool(concurrent.futures.Executor):
         future: Future[Any] = Future()
         call = Call(next(_call_ids), future, body, label)
         future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
-        dispatcher = self._dispatcher
-        with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError(f"cannot schedule new calls after shutdown (pool {self.name!r})")
-            if dispatcher.broken is not None:
-                raise dispatcher.broken
-            dispatcher.submit(call)
+        self._dispatcher.submit(call)  # raises if the pool refuses calls (shut down, broken)
         return future
 
     def _abandon(self, futures: list[Future[Any]], *, interrupt: bool) -> None:
@@ -241,9 +233,7 @@ class LifecyclePool(concurrent.futures.Executor):
         self, *, cancel_futures: bool, exit_exc: BaseException | None = None, abort: bool = False
     ) -> None:
         exit_blob = None if exit_exc is None else _wire.exception_blob(exit_exc)
-        with self._shutdown_lock:
-            self._shutdown = True
-            self._dispatcher.control("shutdown", cancel_futures, exit_blob, abort)
+        self._dispatcher.shutdown(cancel_futures, exit_blob, abort)
 
     def _wait_closed(self) -> None:
         """Wait for every container to exit. Ctrl-C: interrupt everything; a second one: kill."""
@@ -271,7 +261,7 @@ class LifecyclePool(concurrent.futures.Executor):
 
 def _abandoned(dispatcher: Dispatcher) -> None:
     if dispatcher.state is not PoolState.CLOSED:
-        dispatcher.control("shutdown", False, None, False)
+        dispatcher.shutdown(False, None, False)
 
 
 def _forget(dispatcher: Dispatcher) -> None:
@@ -284,7 +274,7 @@ def _at_interpreter_exit() -> None:
     with _live_lock:
         dispatchers = list(_live)
     for dispatcher in dispatchers:
-        dispatcher.control("shutdown", False, None, False)
+        dispatcher.shutdown(False, None, False)
     for dispatcher in dispatchers:
         dispatcher.closed.wait()
         for error in dispatcher.exit_errors:

@@ -19,16 +19,27 @@ def markers(directory: pathlib.Path, event: str) -> dict[int, str]:
     return found
 
 
+def is_alive(pid: int) -> bool:
+    """True while *pid* runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
 def assert_gone(pids, timeout: float = 10.0) -> None:
     """Every pid in *pids* has exited (bounded wait: reaping can lag the exit a little)."""
     deadline = time.monotonic() + timeout
     alive = set(pids)
     while alive and time.monotonic() < deadline:
-        for pid in list(alive):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                alive.discard(pid)
+        alive = {pid for pid in alive if is_alive(pid)}
         if alive:
             time.sleep(0.02)
     assert not alive, f"container processes still alive: {sorted(alive)}"

@@ -235,3 +235,75 @@ class FailingExit:
 
     def __exit__(self, *exc):
         raise RuntimeError(f"cleanup failed in {os.getpid()}")
+
+
+class Fragile:
+    """Methods that crash, hang or misbehave on purpose; hooks leave markers."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+
+    def __enter__(self):
+        mark(self.directory, "enter")
+
+    def __exit__(self, exc_type, exc_value, tb):
+        mark(self.directory, "exit", exc_type.__name__ if exc_type else "None")
+
+    def pid(self):
+        return os.getpid()
+
+    def echo(self, x):
+        return x
+
+    def exit_now(self, code=3):
+        os._exit(code)
+
+    def kill_self(self):
+        os.kill(os.getpid(), 9)
+
+    def crash_once(self, name, value=None):
+        """Crash the first time this name is seen (marker file), succeed on the retry."""
+        try:
+            fd = os.open(os.path.join(self.directory, f"crashed-{name}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return value if value is not None else "survived"
+        os.close(fd)
+        os._exit(7)
+
+    def maybe_crash(self, x, crash):
+        if crash:
+            os._exit(9)
+        return x
+
+    def sleep(self, seconds, started=None):
+        if started:
+            pathlib.Path(started).touch()
+        try:
+            time.sleep(seconds)
+        except KeyboardInterrupt:
+            mark(self.directory, "interrupted")
+            raise
+        return "slept"
+
+    def stubborn_sleep(self, seconds, started=None):
+        """Swallows interrupts: only a kill ends it."""
+        if started:
+            pathlib.Path(started).touch()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                mark(self.directory, "ignored-interrupt")
+        return "stubborn"
+
+    def big(self, megabytes):
+        return b"x" * (megabytes * 1024 * 1024)
+
+
+class CrashOnEnter:
+    def __enter__(self):
+        os._exit(5)
+
+    def work(self):
+        return 1
