@@ -17,6 +17,7 @@ from ._exceptions import (
     LifepoolError,
     ParentExitedError,
     RemoteError,
+    Terminated,
 )
 from ._handles import RemoteMethod
 from ._hooks import enter, exit
@@ -36,6 +37,7 @@ __all__ = [
     "ParentExitedError",
     "RemoteError",
     "RemoteMethod",
+    "Terminated",
     "current_container",
     "enter",
     "exit",

@@ -458,7 +458,7 @@ class Dispatcher:
         logger.warning("lifepool pool %r: killing %s: %s", self.name, record.describe(), reason)
         record.kill_reason = reason
         record.kill_at = None
-        if record.state is ContainerState.EXITING and record.entered and not record.exited:
+        if self.state is PoolState.CLOSING and record.entered and not record.exited:
             record.exit_errors.append(
                 TimeoutError(f"lifepool: {record.describe()} was killed (SIGKILL) because {reason}")
             )
@@ -609,12 +609,19 @@ class Dispatcher:
             if abort and not self._abort:
                 self._abort = True
                 for record in self.slots:
-                    if record is None:
+                    if record is None or record.state is ContainerState.DEAD:
                         continue
                     for call in record.inflight.values():
                         self._interrupt(record, call)
                     if record.state is ContainerState.ENTERING:
                         self._signal(record)
+                    # The grace period bounds the whole stop: unwinding the
+                    # interrupted call (or enter hook) plus the exit hook.
+                    self._arm_kill(
+                        record,
+                        self.grace,
+                        f"it did not stop within exit_grace_period={self.grace}s after an interrupt",
+                    )
             self.state = PoolState.CLOSING
         elif kind == "kill":
             for record in self.slots:

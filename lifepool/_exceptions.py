@@ -14,8 +14,11 @@ traceback; the classes here describe what went wrong around them::
      └── ExitHookError            exit hooks that raised or were killed after the
                                   grace period (also an ExceptionGroup of them)
 
-    ParentExitedError             (a KeyboardInterrupt) what exit hooks receive when
-                                  the parent process vanished without shutting down
+    KeyboardInterrupt
+     ├── Terminated               raised in the main thread by the SIGTERM handler a
+     │                            pool installs (see the README, "Signals")
+     └── ParentExitedError        what exit hooks receive when the parent process
+                                  vanished without shutting the pool down
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "LifepoolError",
     "ParentExitedError",
     "RemoteError",
+    "Terminated",
 ]
 
 
@@ -107,3 +111,37 @@ class ExitHookError(LifepoolError, ExceptionGroup):
 
 class ParentExitedError(KeyboardInterrupt):
     """Passed to a container's exit hook when its parent process is gone (for example kill -9)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM: a KeyboardInterrupt that names the signal.
+
+    Raised in the main thread by the handler a pool installs over the default
+    one, so that ``with`` blocks unwind and exit hooks run; when it ends the
+    program uncaught, the process then dies by SIGTERM as it would have.
+    """
+
+    def __init__(self, signum: int = 15, message: str = "") -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(message or f"received {signal.Signals(signum).name}")
+
+    def __reduce__(self):
+        return (type(self), (self.signum, str(self)))
+
+
+# Show the public names in tracebacks ("lifepool.EnterError"); pickling finds
+# them there too, since the package re-exports every one.
+for _cls in (
+    CallTimeoutError,
+    ContainerCrashedError,
+    EnterError,
+    ExitHookError,
+    LifepoolError,
+    ParentExitedError,
+    RemoteError,
+    Terminated,
+):
+    _cls.__module__ = "lifepool"
+del _cls

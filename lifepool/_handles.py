@@ -125,8 +125,9 @@ def _results(
     try:
         while in_flight:
             if order_outputs:
-                future = in_flight.popleft()
-                _wait_done(future, deadline)
+                future = in_flight[0]
+                _wait_done(future, deadline)  # (still in in_flight: an interrupt here abandons it too)
+                in_flight.popleft()
             else:
                 future = _next_finished(finished, deadline)
                 in_flight.remove(future)

@@ -8,11 +8,14 @@ the caller's thread, then hands calls and commands to its
 from __future__ import annotations
 
 import concurrent.futures
+import copy as copy_module
 import inspect
 import itertools
 import logging
 import math
+import sys
 import threading
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -21,7 +24,7 @@ from typing import Any
 import loky
 from loky.backend.context import get_context
 
-from . import _hooks, _wire
+from . import _hooks, _signals, _wire
 from ._dispatch import Call, Dispatcher, PoolState
 from ._exceptions import ExitHookError
 from ._handles import RemoteMethod, map_calls
@@ -69,6 +72,10 @@ class LifecyclePool(concurrent.futures.Executor):
     max_calls_per_container
         Recycle a container (exit hook, fresh process, enter hook) after this
         many calls. Default: never.
+    handle_sigterm
+        Turn SIGTERM into :class:`~lifepool.Terminated` (a KeyboardInterrupt)
+        while pools are alive, if the program has no SIGTERM handler of its own
+        (see ``lifepool/_signals.py``). Default True.
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class LifecyclePool(concurrent.futures.Executor):
         timeout: float | None = None,
         retries: int = 0,
         max_calls_per_container: int | None = None,
+        handle_sigterm: bool = True,
     ) -> None:
         self._dispatcher: Dispatcher | None = None  # set last: __del__ and __getattr__ look for it
         cls = target if isinstance(target, type) else type(target)
@@ -134,6 +142,8 @@ class LifecyclePool(concurrent.futures.Executor):
             if dispatcher.state is not PoolState.CLOSED:
                 _live.add(dispatcher)
         self._dispatcher = dispatcher
+        if handle_sigterm:
+            _signals.install()
         # A pool dropped without shutdown still lets its containers exit cleanly.
         weakref.finalize(self, _abandoned, dispatcher)
 
@@ -182,11 +192,15 @@ class LifecyclePool(concurrent.futures.Executor):
         """Finish (or with *cancel_futures*, drop) queued calls, then run every exit hook and reap.
 
         With *wait*, raises :class:`~lifepool.ExitHookError` if exit hooks failed.
-        Calling it again is harmless.
+        Calling it again is harmless. A Ctrl-C while it waits interrupts the
+        running calls and stops the containers (exit hooks get the
+        KeyboardInterrupt), then raises it; a second Ctrl-C kills them at once.
         """
         self._request_shutdown(cancel_futures=cancel_futures)
         if wait:
-            self._wait_closed()
+            interrupt = self._wait_closed(aborting=False)
+            if interrupt is not None:
+                raise interrupt
             errors = self._take_exit_errors()
             if errors:
                 raise ExitHookError(f"exit hooks failed in pool {self.name!r}", errors)
@@ -200,12 +214,9 @@ class LifecyclePool(concurrent.futures.Executor):
             return
         # The block is raising: queued calls are dropped, running ones finish
         # (a KeyboardInterrupt interrupts them), and every exit hook gets exc.
-        self._request_shutdown(
-            cancel_futures=True,
-            exit_exc=exc,
-            abort=isinstance(exc, KeyboardInterrupt),
-        )
-        self._wait_closed()
+        aborting = isinstance(exc, KeyboardInterrupt)
+        self._request_shutdown(cancel_futures=True, exit_exc=exc, abort=aborting)
+        self._wait_closed(aborting=aborting)  # a Ctrl-C here is folded into exc
         for error in self._take_exit_errors():
             exc.add_note(f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
             logger.error("lifepool pool %r: exit hook failed", self.name, exc_info=error)
@@ -235,22 +246,32 @@ class LifecyclePool(concurrent.futures.Executor):
         exit_blob = None if exit_exc is None else _wire.exception_blob(exit_exc)
         self._dispatcher.shutdown(cancel_futures, exit_blob, abort)
 
-    def _wait_closed(self) -> None:
-        """Wait for every container to exit. Ctrl-C: interrupt everything; a second one: kill."""
+    def _wait_closed(self, *, aborting: bool) -> KeyboardInterrupt | None:
+        """Wait for every container to exit; return the Ctrl-C that arrived meanwhile, if any.
+
+        A first Ctrl-C (unless already *aborting*) turns the wait into an abort:
+        running calls are interrupted and the exit hooks get the interrupt. The
+        next one kills the containers at once. Either way the wait goes on until
+        they are reaped (the kill makes that immediate), so no process is left.
+        """
         closed = self._dispatcher.closed
-        try:
-            closed.wait()
-        except KeyboardInterrupt as interrupt:
-            logger.warning("lifepool pool %r: interrupted while shutting down; interrupting calls", self.name)
-            self._request_shutdown(cancel_futures=True, exit_exc=interrupt, abort=True)
+        interrupt = None
+        while True:
             try:
                 closed.wait()
-            except KeyboardInterrupt:
-                logger.warning("lifepool pool %r: second interrupt; killing the containers", self.name)
-                self._dispatcher.control("kill", "a second KeyboardInterrupt arrived during shutdown")
-                closed.wait()
-                raise
-            raise
+            except KeyboardInterrupt as error:
+                interrupt = interrupt or error
+                if not aborting:
+                    aborting = True
+                    logger.warning("lifepool pool %r: interrupted; stopping the containers", self.name)
+                    self._request_shutdown(cancel_futures=True, exit_exc=_as_if_propagated(error), abort=True)
+                else:
+                    logger.warning("lifepool pool %r: interrupted again; killing the containers now", self.name)
+                    self._dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
+                continue
+            if not _live:
+                _signals.restore()
+            return interrupt
 
     def _take_exit_errors(self) -> list[BaseException]:
         if self._exit_errors_reported:
@@ -270,18 +291,45 @@ def _forget(dispatcher: Dispatcher) -> None:
 
 
 def _at_interpreter_exit() -> None:
-    """A pool left open at exit: finish its calls, run its exit hooks, reap it."""
+    """Pools left open at exit: stop them like a ``with`` block ending the same way.
+
+    A normal end lets queued and running calls finish; an uncaught exception is
+    passed to the exit hooks (a KeyboardInterrupt, Terminated included, also
+    cancels queued calls and interrupts running ones).
+    """
+    uncaught = _signals.uncaught_exception()
+    exit_blob = None if uncaught is None else _wire.exception_blob(uncaught)
+    aborting = isinstance(uncaught, KeyboardInterrupt)
     with _live_lock:
         dispatchers = list(_live)
     for dispatcher in dispatchers:
-        dispatcher.shutdown(False, None, False)
+        dispatcher.shutdown(uncaught is not None, exit_blob, aborting)
     for dispatcher in dispatchers:
-        dispatcher.closed.wait()
+        try:
+            dispatcher.closed.wait()
+        except KeyboardInterrupt:
+            dispatcher.control("kill", "interrupted while the program was exiting")
+            dispatcher.closed.wait()
         for error in dispatcher.exit_errors:
             logger.error("lifepool pool %r: exit hook failed", dispatcher.name, exc_info=error)
 
 
 threading._register_atexit(_at_interpreter_exit)
+
+
+def _as_if_propagated(error: BaseException) -> BaseException:
+    """A copy of *error* whose traceback also has the frames it has yet to unwind through.
+
+    An interrupt caught inside shutdown() has only the frames below the catch;
+    the exit hooks should see the user's line that called shutdown() too.
+    """
+    copy = copy_module.copy(error)
+    tb = error.__traceback__
+    frame = tb.tb_frame.f_back if tb is not None else sys._getframe(1)
+    while frame is not None:
+        tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
+        frame = frame.f_back
+    return copy.with_traceback(tb)
 
 
 def _label(fn: Callable[..., Any]) -> str:

@@ -12,10 +12,13 @@
 
 Signal policy, set before anything else runs:
 
-* SIGINT is ignored. A terminal Ctrl-C reaches the whole process group, but
-  what a container does about it is the parent's decision: the parent sends
-  an interrupt (or an exit) when it wants one. This is also why containers
-  never print a KeyboardInterrupt traceback of their own.
+* SIGINT and SIGTERM are ignored. A terminal Ctrl-C reaches the whole
+  process group, and so does the SIGTERM of ``timeout`` or of systemd
+  stopping a service; what a container does about them is the parent's
+  decision: the parent sends an interrupt (or an exit) when it wants one, and
+  a container whose parent is gone notices its pipe close. This is also why
+  containers never print a KeyboardInterrupt traceback of their own. (SIGKILL
+  still ends a container at once.)
 * SIGUSR1 is the parent's "interrupt the running call" signal. Its handler
   raises KeyboardInterrupt only while user code of an inline call or an enter
   hook runs on the main thread; anywhere else it does nothing, so a late signal
@@ -339,6 +342,7 @@ def _watch_parent(conn_fd: int, parent_pid: int) -> None:
 def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> None:
     """Entry point of a container process (the target of its Process object)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
     # container that has no policy yet); the mask is inherited, undo it now.

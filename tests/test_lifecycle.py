@@ -146,7 +146,7 @@ def test_enter_failure_fails_fast_and_entered_containers_still_exit(hookdir):
     entered = markers(hookdir, "enter")
     exited = markers(hookdir, "exit")
     assert set(exited) == set(entered)  # the healthy container (if it got in) exited once
-    assert all(text == "<class 'lifepool._exceptions.EnterError'>" for text in exited.values())
+    assert all(text == "<class 'lifepool.EnterError'>" for text in exited.values())
 
 
 def test_enter_failure_fails_pending_calls(hookdir):

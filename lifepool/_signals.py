@@ -1,0 +1,85 @@
+"""The parent's signal policy: SIGTERM becomes an exception while a pool is alive.
+
+The problem. A scheduler, ``timeout`` or ``docker stop`` ends a program with
+SIGTERM, whose default action kills the process on the spot: no ``finally``
+block, no ``with`` exit, so no container exit hook runs and the containers
+are orphaned (they notice and exit by themselves, but their exit hooks then
+get ParentExitedError instead of the stop the user asked for). SIGINT has no
+such problem: Python already turns it into KeyboardInterrupt in the main
+thread, and lifepool's ``with``/``shutdown`` handle that.
+
+What does not work: installing a handler unconditionally (it would replace the
+program's own, and a library must be a good neighbour); installing from any
+thread (``signal.signal`` only works in the main thread); restoring SIG_DFL
+blindly when the last pool closes (someone may have installed theirs since).
+
+What lifepool does:
+
+* When a pool is made in the main thread and SIGTERM's handler is the default
+  one (SIG_DFL), it installs :func:`_on_sigterm`, which raises
+  :class:`~lifepool.Terminated` (a KeyboardInterrupt naming the signal) in the
+  main thread. ``with`` blocks then stop their pools as for Ctrl-C: queued
+  calls are cancelled, running ones interrupted, every exit hook receives the
+  Terminated exception.
+* A program that installed its own SIGTERM handler (or ignores SIGTERM) is
+  left alone, as is any pool made with ``handle_sigterm=False``.
+* When the last pool is shut down from the main thread, the handler is put
+  back to SIG_DFL -- only if it is still ours.
+* If Terminated ends the program uncaught, an ``atexit`` hook re-sends
+  SIGTERM once everything has been cleaned up, so the process dies by the
+  signal (status 143 in a shell) exactly as it would have without lifepool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+
+from ._exceptions import Terminated
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def install() -> bool:
+    """Install the SIGTERM handler if it is safe and useful; True if ours is in place."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return True
+    if current is not signal.SIG_DFL:
+        return False  # the program's own handler, or SIG_IGN: not ours to replace
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def restore() -> None:
+    """Put SIG_DFL back, if the handler is still ours and we are in the main thread."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def uncaught_exception() -> BaseException | None:
+    """The exception that is ending the program, if one is (valid at interpreter exit)."""
+    return getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+
+
+def _die_by_sigterm_if_terminated() -> None:
+    if isinstance(uncaught_exception(), Terminated):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# Registered at import, early, so that it runs late (atexit is last-in,
+# first-out): the program's own exit handlers still run before the re-kill.
+atexit.register(_die_by_sigterm_if_terminated)
