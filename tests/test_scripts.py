@@ -7,8 +7,8 @@ one JSON line per event) in a directory passed as ``argv[1]``; the test reads
 the markers once the script is over.
 
 Every run is bounded: ``subprocess.run(timeout=...)`` kills the script when it
-hangs, and the script runs in a session of its own so that the containers it
-started (same process group) are killed with it. The script's output goes to
+hangs, and the script runs in a session of its own so that the fixture's
+teardown can kill the containers it started too (they share its process group). The script's output goes to
 files, not pipes: a container that outlived its parent would otherwise hold
 the pipe open and turn "a process leaked" into "the test timed out". After
 every script, every container that entered must be gone.
