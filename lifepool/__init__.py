@@ -20,7 +20,7 @@ from ._exceptions import (
     Terminated,
 )
 from ._handles import RemoteMethod
-from ._hooks import enter, exit
+from ._hooks import batched, concurrent, enter, exit
 from ._pool import LifecyclePool
 from ._worker import Container, current_container
 
@@ -38,6 +38,8 @@ __all__ = [
     "RemoteError",
     "RemoteMethod",
     "Terminated",
+    "batched",
+    "concurrent",
     "current_container",
     "enter",
     "exit",

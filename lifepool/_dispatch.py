@@ -2,7 +2,7 @@
 
     caller threads                      dispatcher thread                  containers
     --------------                      -----------------                  ----------
-    spawn(): Call ─► pending (deque) ─┐
+    spawn(): Call ─► pending[kind] ───┐
     control(): ─────► commands ───────┤  wake-up pipe
                                       ▼
                          selector.select() on: wake-up pipe, every container's
@@ -20,8 +20,18 @@ and the pool state; other threads append to ``pending``/``commands`` (deques are
 safe for that) and write one byte to the wake-up pipe. It never polls: it
 sleeps in ``select`` until a pipe has data, a process exits, or the nearest
 deadline (a call timeout, an exit grace period, a kill after an interrupt)
-comes due. Finding a container with a free slot is O(1): ``_free`` is a deque
-of containers that have one.
+comes due. Finding a container with a free slot is O(1): ``_free[kind]`` is
+a deque of the containers that have one.
+
+Calls come in *kinds*, each with its own per-container capacity: ``None`` for
+ordinary calls (``max_inputs`` per container) and, for each ``@batched``
+method, its name (``max(max_batch_size, max_inputs)`` per container, so a
+batch can fill). Each kind has its own queue, so a full kind never blocks
+another behind it.
+
+A streaming call (``remote_gen``) has a *sink*: its items are handed to it as
+they arrive; the consumer grants the container more items with ``credit``
+commands, which is what bounds the buffering (back-pressure).
 
 Every Future is completed by this thread, and every path out of it (normal
 end, an unexpected error in the dispatcher itself) completes every Future it
@@ -42,8 +52,8 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from . import _wire, _worker
@@ -85,13 +95,23 @@ _SERVING = (ContainerState.READY, ContainerState.BUSY)
 class Call:
     """One method call on its way through the pool."""
 
-    __slots__ = ("attempts", "body", "container", "deadline", "future", "id", "label")
+    __slots__ = ("attempts", "body", "container", "deadline", "future", "id", "kind", "label", "sink")
 
-    def __init__(self, call_id: int, future: Future[Any], body: bytes, label: str) -> None:
+    def __init__(
+        self,
+        call_id: int,
+        future: Future[Any],
+        body: bytes,
+        label: str,
+        kind: str | None = None,
+        sink: Callable[[tuple[str, Any]], None] | None = None,
+    ) -> None:
         self.id = call_id
         self.future = future
         self.body = body  # dumps((name or callable, args, kwargs)), made by the caller
         self.label = label  # "Model.predict", for error notes
+        self.kind = kind  # None, or the name of a @batched method (its own capacity)
+        self.sink = sink  # streams: receives ("item", value), ("end", None), ("error", exc)
         self.attempts = 0  # times sent to a container
         self.container: ContainerRecord | None = None
         self.deadline: float | None = None
@@ -108,6 +128,8 @@ class ContainerRecord:
         self.conn: Any = None
         self.pid: int | None = None
         self.inflight: dict[int, Call] = {}
+        self.load: dict[str | None, int] = collections.defaultdict(int)  # in-flight calls per kind
+        self.offered: set[str | None] = set()  # kinds whose _free deque holds this record
         self.calls_done = 0
         self.entered = False  # reached READY: owes exactly one exit
         self.enter_failed = False  # reported ENTER_FAILED
@@ -135,6 +157,10 @@ class Dispatcher:
         self.target_blob = target_blob
         self.containers_wanted: int = options["containers"]
         self.max_inputs: int = options["max_inputs"]
+        # per-container capacity of each kind of call (see the module docstring)
+        self.capacity: dict[str | None, int] = {None: self.max_inputs}
+        for method, (batch_size, _) in options["batched"].items():
+            self.capacity[method] = max(batch_size, self.max_inputs)
         self.grace: float = options["exit_grace_period"]
         self.timeout: float | None = options["timeout"]
         self.retries: int = options["retries"]
@@ -147,7 +173,7 @@ class Dispatcher:
         }
 
         # Shared with other threads: append-only from them, drained here.
-        self.pending: collections.deque[Call] = collections.deque()
+        self.pending: dict[str | None, collections.deque[Call]] = {kind: collections.deque() for kind in self.capacity}
         self.commands: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -165,7 +191,9 @@ class Dispatcher:
         self._enter_failed_in: int | None = None
         self._in_hand: list[Call] = []  # calls taken out of a table, not yet put back (see _fail_everything)
         self.slots: list[ContainerRecord | None] = [None] * self.containers_wanted
-        self._free: collections.deque[ContainerRecord] = collections.deque()
+        self._free: dict[str | None, collections.deque[ContainerRecord]] = {
+            kind: collections.deque() for kind in self.capacity
+        }
         # Deadlines, soonest first: (when, seq, call) for call timeouts and
         # (when, seq, record) for kills; stale entries are skipped when popped.
         self._timers: list[tuple[float, int, Any]] = []
@@ -195,7 +223,7 @@ class Dispatcher:
         with self._submit_lock:
             if self._refusal is not None:
                 raise self._refusal()
-            self.pending.append(call)
+            self.pending[call.kind].append(call)
         self.wake()
 
     def refuse(self, make_error: Callable[[], BaseException]) -> None:
@@ -230,8 +258,8 @@ class Dispatcher:
             self._fail_everything(error)
         finally:
             self.refuse(lambda: RuntimeError(f"cannot schedule new calls: pool {self.name!r} is closed"))
-            while self.pending:  # (only after a dispatcher failure)
-                self._fail(self.pending.popleft(), RuntimeError(f"pool {self.name!r} closed"), None)
+            for call in self._drain_pending():  # (only after a dispatcher failure)
+                self._fail(call, RuntimeError(f"pool {self.name!r} closed"), None)
             self.state = PoolState.CLOSED
             self._selector.close()
             # The wake-up pipe stays open until this object is collected: a
@@ -271,7 +299,7 @@ class Dispatcher:
         return (
             self.state is PoolState.CLOSING
             and all(c is None or c.state is ContainerState.DEAD for c in self.slots)
-            and not self.pending
+            and not self._any_pending()
         )
 
     # -- containers --------------------------------------------------------
@@ -323,13 +351,21 @@ class Dispatcher:
         tag, call_id, flag, body = _wire.unframe(data)
         if tag == _wire.RESULT:
             self._result(record, call_id, flag, body)
+        elif tag == _wire.ITEM:
+            call = record.inflight.get(call_id)
+            if call is not None and call.sink is not None:
+                try:
+                    call.sink(("item", _wire.loads(body)))
+                except BaseException as error:  # noqa: BLE001 - the consumer raises it in order
+                    call.sink(("error", _undecodable(call, error)))
         elif tag == _wire.ENTERING:
             record.state = ContainerState.ENTERING
             if self._abort:
                 self._signal(record)
         elif tag == _wire.READY:
             record.entered = True
-            self._set_state_for_load(record)
+            record.state = ContainerState.READY
+            self._offer(record)
         elif tag == _wire.ENTER_FAILED:
             record.enter_failed = True
             record.state = ContainerState.EXITING  # it leaves without exit hooks
@@ -346,18 +382,17 @@ class Dispatcher:
         if call is None:
             return
         record.calls_done += 1
-        self._release_slot(record)
+        self._release_slot(record, call)
         if call.future.done():
             return  # timed out or abandoned: the late answer is dropped
         if ok:
             try:
                 value = _wire.loads(body)
             except BaseException as error:  # noqa: BLE001
-                exc: BaseException = RemoteError(
-                    "result", traceback.format_exc(), f"the result of {call.label} could not be unpickled: {error!r}"
-                )
-                self._fail(call, exc, record)
+                self._fail(call, _undecodable(call, error), record)
                 return
+            if call.sink is not None:
+                call.sink(("end", None))
             call.future.set_result(value)
         else:
             self._fail(call, _wire.load_exception(bytes(body)), record)
@@ -366,28 +401,26 @@ class Dispatcher:
         if record is not None and not isinstance(exc, LifepoolError):
             exc.add_note(f"lifepool: raised in {record.describe()} by {call.label}")
         if not call.future.done():
+            if call.sink is not None:
+                call.sink(("error", exc))
             call.future.set_exception(exc)
 
-    def _set_state_for_load(self, record: ContainerRecord) -> None:
-        """READY/BUSY from the in-flight count; keeps ``_free`` in step."""
-        if record.state in _SERVING or record.state in (ContainerState.ENTERING, ContainerState.STARTING):
-            if len(record.inflight) < self.max_inputs:
-                if record.state is not ContainerState.READY:
-                    record.state = ContainerState.READY
-                    self._free.append(record)
-            else:
-                record.state = ContainerState.BUSY
+    def _offer(self, record: ContainerRecord) -> None:
+        """Put *record* in the ``_free`` deque of every kind it has room for; READY or BUSY."""
+        if record.state not in _SERVING and record.state not in (ContainerState.ENTERING, ContainerState.STARTING):
+            return
+        room = False
+        for kind, capacity in self.capacity.items():
+            if record.load[kind] < capacity:
+                room = True
+                if kind not in record.offered:
+                    record.offered.add(kind)
+                    self._free[kind].append(record)
+        record.state = ContainerState.READY if room else ContainerState.BUSY
 
-    def _release_slot(self, record: ContainerRecord) -> None:
-        if (
-            self.max_calls is not None
-            and record.calls_done >= self.max_calls
-            and record.state
-            in (
-                ContainerState.READY,
-                ContainerState.BUSY,
-            )
-        ):
+    def _release_slot(self, record: ContainerRecord, call: Call) -> None:
+        record.load[call.kind] -= 1
+        if self.max_calls is not None and record.calls_done >= self.max_calls and record.state in _SERVING:
             record.state = ContainerState.RETIRING
             logger.info(
                 "lifepool pool %r: recycling %s after %d calls", self.name, record.describe(), record.calls_done
@@ -396,7 +429,7 @@ class Dispatcher:
             if not record.inflight:
                 self._send_exit(record, None)
         else:
-            self._set_state_for_load(record)
+            self._offer(record)
 
     def _enter_failed(self, record: ContainerRecord, error: BaseException) -> None:
         if self._abort or (self.state is PoolState.CLOSING and isinstance(error, KeyboardInterrupt)):
@@ -408,8 +441,8 @@ class Dispatcher:
             self.refuse(self.enter_error)
             if self.state is PoolState.RUNNING:
                 self.state = PoolState.BROKEN
-        while self.pending:
-            self._fail(self.pending.popleft(), self.enter_error(), None)
+        for call in self._drain_pending():
+            self._fail(call, self.enter_error(), None)
 
     def enter_error(self) -> EnterError:
         """A fresh EnterError (each raise gets its own traceback) caused by the first enter failure."""
@@ -491,7 +524,7 @@ class Dispatcher:
             self._crashed_calls(record, code)
         self.exit_errors.extend(record.exit_errors)
         if self.state is PoolState.RUNNING or (
-            self.state is PoolState.CLOSING and self.pending and not self._abort and self.enter_failure is None
+            self.state is PoolState.CLOSING and self._any_pending() and not self._abort and self.enter_failure is None
         ):
             self._start_container(record.index, record.generation + 1)
 
@@ -499,6 +532,7 @@ class Dispatcher:
         calls = list(record.inflight.values())
         self._in_hand.extend(calls)
         record.inflight.clear()
+        record.load.clear()
         for call in reversed(calls):
             if call.future.done():
                 continue
@@ -510,7 +544,7 @@ class Dispatcher:
                     call.attempts + 1,
                     record.describe(),
                 )
-                self.pending.appendleft(call)
+                self.pending[call.kind].appendleft(call)
             else:
                 self._fail(call, self._crash_error(record, code, f"while running {call.label}"), None)
         self._in_hand.clear()
@@ -526,11 +560,22 @@ class Dispatcher:
 
     # -- calls -------------------------------------------------------------
     def _schedule(self) -> None:
-        pending, free = self.pending, self._free
+        for kind, pending in self.pending.items():
+            if pending:
+                self._schedule_kind(kind, pending, self._free[kind], self.capacity[kind])
+
+    def _schedule_kind(
+        self,
+        kind: str | None,
+        pending: collections.deque[Call],
+        free: collections.deque[ContainerRecord],
+        capacity: int,
+    ) -> None:
         while pending and free:
             record = free[0]
-            if record.state is not ContainerState.READY:
-                free.popleft()
+            if record.state not in _SERVING or record.load[kind] >= capacity:
+                free.popleft()  # stale: retiring, exiting, dead, or full
+                record.offered.discard(kind)
                 continue
             call = pending.popleft()
             self._in_hand.append(call)
@@ -545,14 +590,25 @@ class Dispatcher:
             call.attempts += 1
             call.container = record
             record.inflight[call.id] = call
+            record.load[kind] += 1
             if self.timeout is not None:
                 call.deadline = time.monotonic() + self.timeout
                 self._add_timer(call.deadline, call)
-            if len(record.inflight) >= self.max_inputs:
-                record.state = ContainerState.BUSY
+            if record.load[kind] >= capacity:
                 free.popleft()
+                record.offered.discard(kind)
+                if record.state is ContainerState.READY and all(record.load[k] >= c for k, c in self.capacity.items()):
+                    record.state = ContainerState.BUSY
             self._in_hand.clear()
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
+
+    def _any_pending(self) -> bool:
+        return any(self.pending.values())
+
+    def _drain_pending(self) -> Iterator[Call]:
+        for pending in self.pending.values():
+            while pending:
+                yield pending.popleft()
 
     def _next_timeout(self) -> float | None:
         if not self._timers:
@@ -593,7 +649,12 @@ class Dispatcher:
     # -- commands from other threads --------------------------------------
     def _command(self, command: tuple[Any, ...]) -> None:
         kind = command[0]
-        if kind == "interrupt":
+        if kind == "credit":
+            call, count = command[1], command[2]
+            record = call.container
+            if record is not None and call.id in record.inflight:
+                self._send(record, _wire.frame(_wire.CREDIT, call.id, 0, _wire.COUNT.pack(count)))
+        elif kind == "interrupt":
             call: Call = command[1]
             record = call.container
             if record is not None and call.id in record.inflight:
@@ -603,9 +664,9 @@ class Dispatcher:
             if exit_blob is not None and self._exit_blob is None:
                 self._exit_blob = exit_blob
             if cancel_futures or abort:
-                while self.pending:
-                    call = self.pending.popleft()
-                    call.future.cancel()
+                for call in self._drain_pending():
+                    if call.future.cancel() and call.sink is not None:
+                        call.sink(("error", CancelledError()))
             if abort and not self._abort:
                 self._abort = True
                 for record in self.slots:
@@ -631,12 +692,12 @@ class Dispatcher:
     def _progress_shutdown(self) -> None:
         if self.state is not PoolState.CLOSING:
             return
-        if self.pending and not any(r is not None and r.state is not ContainerState.DEAD for r in self.slots):
+        if self._any_pending() and not any(r is not None and r.state is not ContainerState.DEAD for r in self.slots):
             # No container left to run them (all failed to enter): fail, never hang.
-            while self.pending:
+            for call in self._drain_pending():
                 error = self.enter_error() if self.enter_failure else LifepoolError("no container left to run it")
-                self._fail(self.pending.popleft(), error, None)
-        if self.pending:
+                self._fail(call, error, None)
+        if self._any_pending():
             return
         for record in self.slots:
             if record is None:
@@ -650,8 +711,8 @@ class Dispatcher:
         self.refuse(lambda: failure)
         for call in self._in_hand:
             self._fail(call, failure, None)
-        while self.pending:
-            self._fail(self.pending.popleft(), failure, None)
+        for call in self._drain_pending():
+            self._fail(call, failure, None)
         for record in self.slots:
             if record is None:
                 continue
@@ -663,6 +724,12 @@ class Dispatcher:
                     record.process.join()
                 except (ProcessLookupError, AttributeError):
                     pass
+
+
+def _undecodable(call: Call, error: BaseException) -> RemoteError:
+    return RemoteError(
+        "result", traceback.format_exc(), f"a value sent back by {call.label} could not be unpickled: {error!r}"
+    )
 
 
 def _describe_exit(code: int | None) -> str:

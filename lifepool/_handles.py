@@ -1,9 +1,13 @@
-"""Method handles: ``pool.predict.call(x)``, ``.spawn``, ``.map``, ``.starmap``.
+"""Method handles: ``pool.predict.call(x)``, ``.spawn``, ``.map``, ``.starmap``, ``.remote_gen``.
 
 A handle only names a method; every call goes through the pool's
 :meth:`~lifepool.LifecyclePool._spawn`, which encodes the arguments in the
 caller's thread (so an unpicklable argument raises right here) and queues the
-call for the dispatcher.
+call for the dispatcher. Each blocking form has an ``.aio`` twin for callers
+on an event loop: ``await p.m.remote.aio(x)``, ``async for y in
+p.m.map.aio(xs)``, ``async for item in p.m.remote_gen.aio(x)``. They never
+block the loop, and cancelling the awaiting task cancels the call: dropped if
+still queued, interrupted in its container if running.
 
 ``map`` keeps a bounded window of calls in flight: it never reads more than
 ``window`` inputs ahead of what the consumer took, so an endless generator of
@@ -11,68 +15,158 @@ inputs works (stop reading the output, e.g. with ``itertools.islice``, and the
 rest is cancelled), and memory stays flat on long inputs. The window is twice
 the pool's capacity (containers x max_inputs), so every slot stays busy while
 the next inputs queue up behind it.
+
+``remote_gen`` streams a generator method's items as they are produced. The
+container may run at most ``STREAM_WINDOW`` items ahead of the consumer; the
+consumer grants more as it takes them (half a window at a time), so a slow
+consumer makes the container wait instead of buffering without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import queue
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
+
+from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
     from ._pool import LifecyclePool
 
 
 class RemoteMethod:
-    """A method of the pool's target class, callable in the containers."""
+    """A method of the pool's target class, callable in the containers.
+
+    ``call``/``remote`` block and return the result, ``spawn`` returns a
+    ``concurrent.futures.Future``, ``map``/``starmap`` return lazy iterators,
+    ``remote_gen`` streams a generator method; each of ``call``, ``remote``,
+    ``map``, ``starmap`` and ``remote_gen`` has an ``.aio`` twin.
+    """
 
     def __init__(self, pool: LifecyclePool, name: str) -> None:
         self._pool = pool
         self.name = name
         self.label = f"{pool._info.name}.{name}"
+        self.is_generator = name in pool._info.generators
+        self._kind = name if name in pool._info.batched else None
+        self.call = self.remote = _Call(self)
+        self.map = _Map(self, star=False)
+        self.starmap = _Map(self, star=True)
+        self.remote_gen = _Stream(self)
 
     def __repr__(self) -> str:
         return f"<lifepool method {self.label} of {self._pool!r}>"
 
     def spawn(self, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start the call in a container and return its ``concurrent.futures.Future``."""
-        return self._pool._spawn(self.name, self.label, args, kwargs)
+        self._not_a_generator("spawn")
+        return self._pool._spawn(self.name, self.label, args, kwargs, self._kind)
 
-    def call(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the call in a container and return its result (or raise its error)."""
-        return wait_for(self._pool, self._pool._spawn(self.name, self.label, args, kwargs))
+    def _not_a_generator(self, how: str) -> None:
+        if self.is_generator:
+            raise TypeError(
+                f"{self.label} is a generator method: stream it with "
+                f"`for item in pool.{self.name}.remote_gen(...)` instead of .{how}()"
+            )
 
-    remote = call
 
-    def map(
-        self, *iterables: Iterable[Any], order_outputs: bool = True, return_exceptions: bool = False
-    ) -> Iterator[Any]:
-        """Call the method on each item (``zip`` of *iterables*), in parallel, lazily."""
-        return self.starmap(zip(*iterables), order_outputs=order_outputs, return_exceptions=return_exceptions)
+class _Call:
+    """``handle.call(...)`` blocks; ``await handle.call.aio(...)`` does not."""
 
-    def starmap(
-        self, iterable: Iterable[Iterable[Any]], *, order_outputs: bool = True, return_exceptions: bool = False
-    ) -> Iterator[Any]:
-        """Like :meth:`map`, with each item unpacked as the call's arguments."""
+    def __init__(self, method: RemoteMethod) -> None:
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return wait_for(self._method._pool, lambda: self._method.spawn(*args, **kwargs))
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        return await await_future(self._method._pool, self._method.spawn(*args, **kwargs))
+
+
+class _Map:
+    """``handle.map(*iterables)`` / ``handle.starmap(iterable)``, and their ``.aio`` twins."""
+
+    def __init__(self, method: RemoteMethod, *, star: bool) -> None:
+        self._method = method
+        self._star = star
+
+    def __call__(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
+        method = self._method
+        method._not_a_generator("starmap" if self._star else "map")
+        arg_tuples = self._arg_tuples(iterables)
         return map_calls(
-            self._pool,
-            self.name,
-            self.label,
-            iterable,
+            method._pool,
+            method.name,
+            method.label,
+            arg_tuples,
+            kind=method._kind,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
         )
 
+    def aio(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
+        method = self._method
+        method._not_a_generator("starmap.aio" if self._star else "map.aio")
+        if self._star or not any(isinstance(it, AsyncIterable) for it in iterables):
+            source: AsyncIterator[Any] = _async_iter(self._arg_tuples(iterables))
+        else:
+            source = _async_zip(*iterables)
+        return _amap(method, source, order_outputs, return_exceptions)
 
-def wait_for(pool: LifecyclePool, future: Future[Any]) -> Any:
-    """Block on *future*; a KeyboardInterrupt here cancels the call and leaves the pool alive."""
+    def _arg_tuples(self, iterables: tuple[Any, ...]) -> Iterable[Any]:
+        if self._star:
+            if len(iterables) != 1:
+                raise TypeError("starmap() takes one iterable of argument tuples")
+            return iterables[0]
+        return zip(*iterables)
+
+
+class _Stream:
+    """``for item in handle.remote_gen(...)``; ``async for item in handle.remote_gen.aio(...)``."""
+
+    def __init__(self, method: RemoteMethod) -> None:
+        self._method = method
+
+    def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any], sink: Any) -> Future[Any]:
+        method = self._method
+        if not method.is_generator:
+            raise TypeError(f"{method.label} is not a generator method: call it with .call() or .spawn()")
+        return method._pool._spawn(method.name, method.label, args, kwargs, None, sink)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        future = self._start(args, kwargs, items.put)
+        return _stream(self._method._pool, future, items.get)
+
+    def aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def sink(message: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, message)
+
+        future = self._start(args, kwargs, sink)
+        return _astream(self._method._pool, future, items.get)
+
+
+def wait_for(pool: LifecyclePool, spawn: Callable[[], Future[Any]]) -> Any:
+    """Start a call and block on it; a KeyboardInterrupt cancels the call and leaves the pool alive.
+
+    The call is started inside the ``try``: an interrupt that lands just after
+    the call was queued (a busy machine can make that window long) must still
+    cancel it.
+    """
+    future = None
     try:
+        future = spawn()
         error = future.exception()
     except KeyboardInterrupt:
-        pool._abandon([future], interrupt=True)
+        if future is not None:
+            pool._abandon([future], interrupt=True)
         raise
     if error is not None:
         # Raised from here, the traceback reads: your line, then the container's
@@ -81,12 +175,22 @@ def wait_for(pool: LifecyclePool, future: Future[Any]) -> Any:
     return future.result()
 
 
+async def await_future(pool: LifecyclePool, future: Future[Any]) -> Any:
+    """Await *future* without blocking the loop; cancelling the awaiting task cancels the call."""
+    try:
+        return await asyncio.wrap_future(future)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        pool._abandon([future], interrupt=True)
+        raise
+
+
 def map_calls(
     pool: LifecyclePool,
     what: Any,
     label: str,
     arg_tuples: Iterable[Iterable[Any]],
     *,
+    kind: str | None = None,
     order_outputs: bool = True,
     return_exceptions: bool = False,
     timeout: float | None = None,
@@ -94,13 +198,13 @@ def map_calls(
     """Submit calls lazily with a bounded window; the first window starts now, not at first ``next``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     inputs = iter(arg_tuples)
-    window = max(2 * pool._capacity, 2)
+    window = pool._window(kind)
     in_flight: collections.deque[Future[Any]] = collections.deque()
     finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
     def submit_next() -> bool:
         for args in inputs:
-            future = pool._spawn(what, label, tuple(args), {})
+            future = pool._spawn(what, label, tuple(args), {}, kind)
             if not order_outputs:
                 future.add_done_callback(finished.put)
             in_flight.append(future)
@@ -161,3 +265,114 @@ def _next_finished(finished: queue.SimpleQueue[Future[Any]], deadline: float | N
         return finished.get(timeout=max(0.0, deadline - time.monotonic()))
     except queue.Empty:
         raise TimeoutError("map() did not produce its next result within its timeout") from None
+
+
+async def _amap(
+    method: RemoteMethod, source: AsyncIterator[Any], order_outputs: bool, return_exceptions: bool
+) -> AsyncIterator[Any]:
+    pool = method._pool
+    window = pool._window(method._kind)
+    in_flight: collections.deque[tuple[Future[Any], asyncio.Future[Any]]] = collections.deque()
+    exhausted = False
+
+    async def submit_next() -> None:
+        nonlocal exhausted
+        if exhausted:
+            return
+        try:
+            args = await anext(source)
+        except StopAsyncIteration:
+            exhausted = True
+            return
+        future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
+        in_flight.append((future, asyncio.wrap_future(future)))
+
+    interrupted = False
+    try:
+        while len(in_flight) < window and not exhausted:
+            await submit_next()
+        while in_flight:
+            if order_outputs:
+                entry = in_flight[0]
+                await asyncio.wait([entry[1]])
+            else:
+                done, _ = await asyncio.wait([a for _, a in in_flight], return_when=asyncio.FIRST_COMPLETED)
+                entry = next(e for e in in_flight if e[1] in done)
+            in_flight.remove(entry)
+            await submit_next()
+            future = entry[0]
+            error = future.exception()
+            if error is None:
+                yield future.result()
+            elif return_exceptions:
+                yield error
+            else:
+                raise error
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        interrupted = True
+        raise
+    finally:
+        if in_flight:
+            pool._abandon([f for f, _ in in_flight], interrupt=interrupted)
+
+
+async def _async_iter(iterable: Any) -> AsyncIterator[Any]:
+    if isinstance(iterable, AsyncIterable):
+        async for item in iterable:
+            yield item
+    else:
+        for item in iterable:
+            yield item
+
+
+async def _async_zip(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
+    iterators = [_async_iter(it).__aiter__() for it in iterables]
+    while True:
+        try:
+            yield tuple([await anext(it) for it in iterators])
+        except StopAsyncIteration:
+            return
+
+
+def _stream(pool: LifecyclePool, future: Future[Any], get: Any) -> Iterator[Any]:
+    taken = 0
+    finished = False
+    try:
+        while True:
+            kind, value = get()
+            if kind == "item":
+                yield value
+                taken += 1
+                if taken % (STREAM_WINDOW // 2) == 0:
+                    pool._grant(future, STREAM_WINDOW // 2)
+            elif kind == "end":
+                finished = True
+                return
+            else:
+                finished = True
+                raise value
+    finally:
+        if not finished:  # closed early, interrupted, or the consumer raised: stop the generator
+            pool._abandon([future], interrupt=True)
+
+
+async def _astream(pool: LifecyclePool, future: Future[Any], get: Any) -> AsyncIterator[Any]:
+    taken = 0
+    finished = False
+    try:
+        while True:
+            kind, value = await get()
+            if kind == "item":
+                yield value
+                taken += 1
+                if taken % (STREAM_WINDOW // 2) == 0:
+                    pool._grant(future, STREAM_WINDOW // 2)
+            elif kind == "end":
+                finished = True
+                return
+            else:
+                finished = True
+                raise value
+    finally:
+        if not finished:  # closed early, cancelled, or the consumer raised: stop the generator
+            pool._abandon([future], interrupt=True)

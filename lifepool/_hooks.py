@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 _HOOK_ATTR = "__lifepool_hook__"
+_BATCHED_ATTR = "__lifepool_batched__"
+_CONCURRENT_ATTR = "__lifepool_max_inputs__"
 
 
 def enter() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -27,6 +29,48 @@ def enter() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def exit() -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # noqa: A001 - Modal's name
     """Mark a method (``self`` only, sync or async) to run once when a container stops."""
     return _marker("exit")
+
+
+def concurrent(*, max_inputs: int) -> Callable[[type], type]:
+    """Class decorator: each container runs up to *max_inputs* calls of this class at once.
+
+    Async methods run as tasks on the container's event loop, sync methods on
+    that many threads. The pool uses the larger of this and its own ``max_inputs``.
+    """
+    if not isinstance(max_inputs, int) or isinstance(max_inputs, bool) or max_inputs < 1:
+        raise ValueError(f"max_inputs must be an int >= 1, not {max_inputs!r}")
+
+    def decorate(cls: type) -> type:
+        if not isinstance(cls, type):
+            raise TypeError(f"@lifepool.concurrent() decorates a class, not {cls!r}")
+        setattr(cls, _CONCURRENT_ATTR, max_inputs)
+        return cls
+
+    return decorate
+
+
+def batched(*, max_batch_size: int, wait_ms: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Method decorator: callers pass one input, the container calls the method with lists.
+
+    Waiting inputs are grouped into batches of at most *max_batch_size*,
+    waiting at most *wait_ms* milliseconds for a batch to fill. Each parameter
+    receives a list (one element per input) and the method must return a list
+    of the same length, whose items go back to the callers in order.
+    """
+    if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an int >= 1, not {max_batch_size!r}")
+    if not isinstance(wait_ms, (int, float)) or isinstance(wait_ms, bool) or not 0 <= wait_ms < float("inf"):
+        raise ValueError(f"wait_ms must be a finite number >= 0, not {wait_ms!r}")
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(func):
+            raise TypeError(f"@lifepool.batched() decorates a method, not {func!r}")
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError("@lifepool.batched() methods return a list; they cannot be generators")
+        setattr(func, _BATCHED_ATTR, (max_batch_size, float(wait_ms)))
+        return func
+
+    return decorate
 
 
 def _marker(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -47,12 +91,17 @@ class ClassInfo:
     methods: frozenset[str]  # public methods callable through handles
     enter_hooks: tuple[str, ...]  # @enter() methods, in order
     exit_hooks: tuple[str, ...]  # @exit() methods, in order
+    generators: frozenset[str]  # methods that are (async) generators: called with remote_gen
+    batched: dict[str, tuple[int, float]]  # @batched methods: (max_batch_size, wait_ms)
+    max_inputs: int  # from @concurrent(max_inputs=N), else 1
 
 
 def inspect_class(cls: type) -> ClassInfo:
     enter_hooks: list[str] = []
     exit_hooks: list[str] = []
     methods: set[str] = set()
+    generators: set[str] = set()
+    batched: dict[str, tuple[int, float]] = {}
     for name in _ordered_names(cls):
         attr = inspect.getattr_static(cls, name)
         func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
@@ -63,7 +112,19 @@ def inspect_class(cls: type) -> ClassInfo:
             exit_hooks.append(name)
         elif not name.startswith("_") and callable(func):
             methods.add(name)
-    return ClassInfo(cls.__qualname__, frozenset(methods), tuple(enter_hooks), tuple(exit_hooks))
+            if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+                generators.add(name)
+            if hasattr(func, _BATCHED_ATTR):
+                batched[name] = getattr(func, _BATCHED_ATTR)
+    return ClassInfo(
+        cls.__qualname__,
+        frozenset(methods),
+        tuple(enter_hooks),
+        tuple(exit_hooks),
+        frozenset(generators),
+        batched,
+        getattr(cls, _CONCURRENT_ATTR, 1),
+    )
 
 
 def _ordered_names(cls: type) -> list[str]:

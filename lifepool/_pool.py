@@ -117,6 +117,7 @@ class LifecyclePool(concurrent.futures.Executor):
             raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
 
         self._info = _hooks.inspect_class(cls)
+        max_inputs = max(max_inputs, self._info.max_inputs)  # @lifepool.concurrent on the class
         self._containers = containers
         self._max_inputs = max_inputs
         self._capacity = containers * max_inputs
@@ -134,6 +135,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 "timeout": None if timeout is None else float(timeout),
                 "retries": retries,
                 "max_calls_per_container": max_calls_per_container,
+                "batched": self._info.batched,
                 "context": get_context(start_method or "loky"),
             },
             on_closed=_forget,
@@ -222,16 +224,29 @@ class LifecyclePool(concurrent.futures.Executor):
             logger.error("lifepool pool %r: exit hook failed", self.name, exc_info=error)
 
     # -- internals --------------------------------------------------------
-    def _spawn(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+    def _spawn(
+        self,
+        what: Any,
+        label: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kind: str | None = None,
+        sink: Callable[[tuple[str, Any]], None] | None = None,
+    ) -> Future[Any]:
         try:
             body = _wire.dumps((what, args, kwargs))
         except Exception as error:
             error.add_note(f"lifepool: the arguments of {label} could not be pickled")
             raise
         future: Future[Any] = Future()
-        call = Call(next(_call_ids), future, body, label)
+        call = Call(next(_call_ids), future, body, label, kind, sink)
         future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
-        self._dispatcher.submit(call)  # raises if the pool refuses calls (shut down, broken)
+        try:
+            self._dispatcher.submit(call)  # raises if the pool refuses calls (shut down, broken)
+        except KeyboardInterrupt:
+            # Queued or not, nobody will ever see this future: make sure it never runs.
+            self._abandon([future], interrupt=True)
+            raise
         return future
 
     def _abandon(self, futures: list[Future[Any]], *, interrupt: bool) -> None:
@@ -239,6 +254,16 @@ class LifecyclePool(concurrent.futures.Executor):
         for future in futures:
             if not future.cancel() and interrupt and not future.done():
                 self._dispatcher.control("interrupt", future._lifepool_call)
+
+    def _window(self, kind: str | None) -> int:
+        """Calls ``map`` keeps in flight: twice what the containers can hold at once."""
+        if kind is None:
+            return 2 * self._capacity
+        return 2 * self._containers * max(self._max_inputs, self._info.batched[kind][0])
+
+    def _grant(self, future: Future[Any], count: int) -> None:
+        """Let a stream's container send *count* more items."""
+        self._dispatcher.control("credit", future._lifepool_call, count)
 
     def _request_shutdown(
         self, *, cancel_futures: bool, exit_exc: BaseException | None = None, abort: bool = False

@@ -37,12 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import pickle
+import queue
 import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +146,9 @@ class _Worker:
         self._loop: _LoopThread | None = None
         self._send_lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
-        self._tasks: dict[int, concurrent.futures.Future[Any]] = {}  # concurrent-mode calls
+        self._tasks: dict[int, concurrent.futures.Future[Any]] = {}  # calls on the loop or threads
+        self._credits: dict[int, _Credit] = {}  # running streams
+        self._batchers: dict[str, _Batcher] = {}
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -210,10 +215,21 @@ class _Worker:
         return errors
 
     # -- calls ------------------------------------------------------------
-    def resolve(self, body: memoryview) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    @property
+    def threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for sync calls (max_inputs > 1) and for streams, made on first use."""
+        if self._threads is None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                self.options["max_inputs"],
+                thread_name_prefix="lifepool-call",
+                initializer=_block_interrupts_in_this_thread,
+            )
+        return self._threads
+
+    def resolve(self, body: memoryview) -> tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         what, args, kwargs = _wire.loads(body)
         func = getattr(self.instance, what) if isinstance(what, str) else what
-        return func, args, kwargs
+        return what, func, args, kwargs
 
     def result_frame(self, call_id: int, ok: bool, value: Any) -> bytes:
         if ok:
@@ -227,10 +243,16 @@ class _Worker:
                 value = error
         return _wire.frame(_wire.RESULT, call_id, 0, _wire.exception_blob(_trimmed(value)))
 
-    def run_inline(self, call_id: int, body: memoryview) -> BaseException | None:
+    def send_result(self, call_id: int, ok: bool, value: Any) -> None:
+        """From any thread; a vanished parent is noticed by the main thread's next read."""
+        try:
+            self.send(self.result_frame(call_id, ok, value))
+        except OSError:
+            pass
+
+    def run_inline(self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any) -> BaseException | None:
         """Run one call on the main thread; returns ParentExitedError if that ended it."""
         try:
-            func, args, kwargs = self.resolve(body)
             value, ok = self.run_user(func, args, kwargs), True
         except BaseException as error:  # noqa: BLE001 - everything goes back to the caller
             value, ok = error, False
@@ -242,22 +264,15 @@ class _Worker:
             return ParentExitedError("the parent process is gone (pipe closed)")
         return None
 
-    def start_concurrent(self, call_id: int, body: memoryview) -> None:
-        """max_inputs > 1: start a call on the loop or a thread; its result is sent when done."""
+    def start_concurrent(self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        """Start a call on the loop (async) or a thread (sync); its result is sent when done."""
         try:
-            func, args, kwargs = self.resolve(body)
             if _hooks.is_async(func):
                 future = self.loop.submit(func(*args, **kwargs))
             else:
-                if self._threads is None:
-                    self._threads = concurrent.futures.ThreadPoolExecutor(
-                        self.options["max_inputs"],
-                        thread_name_prefix="lifepool-call",
-                        initializer=_block_interrupts_in_this_thread,
-                    )
-                future = self._threads.submit(func, *args, **kwargs)
+                future = self.threads.submit(func, *args, **kwargs)
         except BaseException as error:  # noqa: BLE001
-            self.send(self.result_frame(call_id, False, error))
+            self.send_result(call_id, False, error)
             return
         self._tasks[call_id] = future
         future.add_done_callback(lambda f: self._finish_concurrent(call_id, f))
@@ -270,12 +285,12 @@ class _Worker:
             ok, value = False, future.exception()
         else:
             ok, value = True, future.result()
-        try:
-            self.send(self.result_frame(call_id, ok, value))
-        except OSError:
-            pass  # the parent is gone; the main thread notices on its next read
+        self.send_result(call_id, ok, value)
 
-    def interrupt_concurrent(self, call_id: int) -> None:
+    def interrupt(self, call_id: int) -> None:
+        credit = self._credits.get(call_id)
+        if credit is not None:
+            credit.close()  # a stream: it stops at its next item
         future = self._tasks.get(call_id)
         if future is not None:
             # An asyncio task is cancelled at its current await; a sync call on a
@@ -283,6 +298,47 @@ class _Worker:
             # in another thread), so cancel() is a no-op there and the parent's
             # grace period and SIGKILL are the backstop.
             future.cancel()
+
+    def run_stream(self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        """Send a generator's items as they come, never more than the consumer granted."""
+        credit = self._credits[call_id] = _Credit(STREAM_WINDOW)
+        try:
+            if inspect.isasyncgenfunction(func):
+                agen = func(*args, **kwargs)
+                loop = self.loop
+
+                def next_item() -> Any:
+                    return loop.submit(agen.__anext__()).result()
+
+                def close() -> None:
+                    loop.submit(agen.aclose()).result()
+
+                end: type[BaseException] = StopAsyncIteration
+            else:
+                gen = func(*args, **kwargs)
+                next_item, close, end = gen.__next__, gen.close, StopIteration
+            while True:
+                if not credit.take():
+                    close()  # the consumer went away: run the generator's finally blocks
+                    raise KeyboardInterrupt("the stream's consumer closed it")
+                try:
+                    item = next_item()
+                except end:
+                    break
+                self.send(_wire.frame(_wire.ITEM, call_id, 0, _wire.dumps(item)))
+        except BaseException as error:  # noqa: BLE001 - arrives after the items before it
+            self.send_result(call_id, False, error)
+        else:
+            self.send_result(call_id, True, None)
+        finally:
+            del self._credits[call_id]
+
+    def batcher(self, name: str) -> _Batcher:
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            size, wait_ms = self.info.batched[name]
+            batcher = self._batchers[name] = _Batcher(self, name, getattr(self.instance, name), size, wait_ms)
+        return batcher
 
     def serve(self) -> BaseException | None:
         """Serve calls until EXIT or the parent vanishes; return what the exit hooks get."""
@@ -294,17 +350,128 @@ class _Worker:
                 return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
             tag, call_id, flag, body = _wire.unframe(data)
             if tag == _wire.CALL:
-                if concurrent_mode:
-                    self.start_concurrent(call_id, body)
+                try:
+                    what, func, args, kwargs = self.resolve(body)
+                except BaseException as error:  # noqa: BLE001
+                    self.send_result(call_id, False, error)
+                    continue
+                if isinstance(what, str) and what in self.info.batched:
+                    self.batcher(what).add(call_id, args, kwargs)
+                elif inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+                    self.threads.submit(self.run_stream, call_id, func, args, kwargs)
+                elif concurrent_mode:
+                    self.start_concurrent(call_id, func, args, kwargs)
                 else:
-                    gone = self.run_inline(call_id, body)
+                    gone = self.run_inline(call_id, func, args, kwargs)
                     if gone is not None:
                         return gone
+            elif tag == _wire.CREDIT:
+                credit = self._credits.get(call_id)
+                if credit is not None:
+                    credit.give(_wire.COUNT.unpack(body)[0])
             elif tag == _wire.INTERRUPT:
-                if concurrent_mode:
-                    self.interrupt_concurrent(call_id)
+                self.interrupt(call_id)
             elif tag == _wire.EXIT:
                 return _wire.load_exception(bytes(body)) if flag else None
+
+
+STREAM_WINDOW = 16  # items a stream may send ahead of its consumer (see _handles.stream)
+
+
+class _Credit:
+    """How many more items a stream may send; closing it stops the stream."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def give(self, count: int) -> None:
+        with self._cond:
+            self._count += count
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def take(self) -> bool:
+        """Wait for one credit; False once the consumer closed the stream."""
+        with self._cond:
+            while self._count == 0 and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._count -= 1
+            return True
+
+
+class _Batcher:
+    """Groups the waiting inputs of one @batched method and calls it with lists.
+
+    Runs in its own thread: it takes the first waiting input, then keeps
+    taking until the batch is full or ``wait_ms`` has passed since that first
+    input, calls the method once with one list per parameter, and sends each
+    input's output back to its caller.
+    """
+
+    def __init__(self, worker: _Worker, name: str, func: Callable[..., Any], size: int, wait_ms: float) -> None:
+        self.worker = worker
+        self.name = name
+        self.func = func
+        self.size = size
+        self.wait = wait_ms / 1000
+        self.signature = inspect.signature(func)
+        self.inputs: queue.SimpleQueue[tuple[int, tuple[Any, ...], dict[str, Any]]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"lifepool-batch-{name}", daemon=True).start()
+
+    def add(self, call_id: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.inputs.put((call_id, args, kwargs))
+
+    def _run(self) -> None:
+        _block_interrupts_in_this_thread()
+        while True:
+            batch = [self.inputs.get()]
+            deadline = time.monotonic() + self.wait
+            while len(batch) < self.size:
+                try:
+                    batch.append(self.inputs.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self._call(batch)
+
+    def _call(self, batch: list[tuple[int, tuple[Any, ...], dict[str, Any]]]) -> None:
+        ids: list[int] = []
+        columns: dict[str, list[Any]] = {name: [] for name in self.signature.parameters}
+        for call_id, args, kwargs in batch:
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+            except TypeError as error:
+                self.worker.send_result(call_id, False, error)
+                continue
+            ids.append(call_id)
+            for name, value in bound.arguments.items():
+                columns[name].append(value)
+        if not ids:
+            return
+        try:
+            outputs = self.func(**columns)
+            if asyncio.iscoroutine(outputs):
+                outputs = self.worker.loop.submit(outputs).result()
+            outputs = list(outputs)
+            if len(outputs) != len(ids):
+                raise ValueError(
+                    f"@batched method {self.name} returned {len(outputs)} outputs for a batch of "
+                    f"{len(ids)} inputs; it must return one output per input, in order"
+                )
+        except BaseException as error:  # noqa: BLE001 - every input of the batch fails with it
+            for call_id in ids:
+                self.worker.send_result(call_id, False, error)
+            return
+        for call_id, output in zip(ids, outputs, strict=True):
+            self.worker.send_result(call_id, True, output)
 
 
 def _raised(exc: BaseException) -> BaseException:

@@ -307,3 +307,111 @@ class CrashOnEnter:
 
     def work(self):
         return 1
+
+
+class Concurrent:
+    """Proves concurrency without timing: calls meet at a barrier only N of them can pass together."""
+
+    def __init__(self, parties: int):
+        self.parties = parties
+
+    def __enter__(self):
+        self.barrier = threading.Barrier(self.parties, timeout=30)
+        self.lock = threading.Lock()
+        self.active = self.peak = 0
+
+    async def __aenter__(self):
+        self.__enter__()
+        self.abarrier = asyncio.Barrier(self.parties)
+
+    def meet(self, i):
+        self.barrier.wait()  # BrokenBarrierError after 30 s unless all parties run at once
+        return i
+
+    async def ameet(self, i):
+        await asyncio.wait_for(self.abarrier.wait(), 30)
+        return i
+
+    def probe(self, _i=None):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.01)
+        with self.lock:
+            self.active -= 1
+
+    def get_peak(self):
+        return self.peak
+
+    async def nap(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+
+@lifepool.concurrent(max_inputs=4)
+class DecoratedConcurrent(Concurrent):
+    def __init__(self):
+        super().__init__(4)
+
+
+class Streams:
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.produced = 0
+
+    def __enter__(self):
+        pass
+
+    def count(self, n):
+        yield from range(n)
+
+    async def acount(self, n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+    def fail_after(self, n):
+        yield from range(n)
+        raise ValueError(f"failed after {n}")
+
+    def endless(self):
+        try:
+            while True:
+                self.produced += 1
+                yield self.produced
+        finally:
+            mark(self.directory, "gen-finally", str(self.produced))
+
+    def produced_so_far(self):
+        return self.produced
+
+
+class Batching:
+    def __enter__(self):
+        self.sizes = []
+
+    @lifepool.batched(max_batch_size=4, wait_ms=1000)
+    def square(self, xs):
+        self.sizes.append(len(xs))
+        return [x * x for x in xs]
+
+    @lifepool.batched(max_batch_size=4, wait_ms=1000)
+    def add(self, xs, ys, offset=0):
+        self.sizes.append(len(xs))
+        return [x + y + o for x, y, o in zip(xs, ys, offset, strict=True)]
+
+    @lifepool.batched(max_batch_size=3, wait_ms=50)
+    async def asquare(self, xs):
+        await asyncio.sleep(0)
+        return [x * x for x in xs]
+
+    @lifepool.batched(max_batch_size=4, wait_ms=50)
+    def broken(self, xs):
+        raise RuntimeError(f"batch of {len(xs)} failed")
+
+    @lifepool.batched(max_batch_size=4, wait_ms=50)
+    def short(self, xs):
+        return xs[:-1]
+
+    def batch_sizes(self):
+        return list(self.sizes)

@@ -1,0 +1,584 @@
+"""Large buffers travel out-of-band, through POSIX shared memory.
+
+A pickled 256 MB array pushed through a pipe is copied several times and
+trickles through the pipe's 64 KiB window. Here the pickle stays on the pipe
+but every large buffer goes into a shared-memory segment of its own
+(``/dev/shm/lifepool-<owner pid>-<creator pid>-<16 hex digits>``); the
+receiver maps it and a NumPy array is rebuilt on the mapping without a copy.
+
+What goes out-of-band (every piece of at least :data:`THRESHOLD` bytes):
+
+* protocol-5 ``PickleBuffer``\\ s (NumPy arrays, anything with a protocol-5
+  reducer): the receiver gets a writable ``memoryview`` of the mapping;
+* ``bytes``, ``bytearray`` and ``str``: the C pickler writes them in-band and
+  shows them to no hook (``reducer_override`` and dispatch tables are skipped
+  for these types), so their payloads are cut out of the finished pickle. A
+  payload that big is always written outside pickle frames, so the stream's
+  top level is walked frame by frame (one step per 64 KiB frame), never opcode
+  by opcode. The cut becomes ``BININT i, BINPERSID`` and the receiver rebuilds
+  the object with one copy (``bytes`` own their memory).
+
+Format. Every message is a pickle, so :func:`loads` *is* :func:`pickle.loads`
+(no cost on the hot path, and any ``pickle.loads`` decodes a message):
+
+* nothing big: the pickler's own bytes, untouched;
+* otherwise a short pickle that calls ``_decode(meta, body, inline)``, always
+  starting with the same bytes (``_MESSAGE_START``): ``meta`` is a pickle of
+  ``(VERSION, buffers, objects)``; ``buffers`` lists the out-of-band buffers
+  in the order the body's ``NEXT_BUFFER`` opcodes take them, each
+  ``(where, size)``; ``objects`` lists the cut-out payloads by persistent id,
+  each ``(kind, where, size)``, kind ``"b"``/``"a"``/``"s"`` for
+  bytes/bytearray/str. ``where`` is a segment name, or an offset into
+  ``inline`` for a buffer whose segment could not be made (``/dev/shm`` full):
+  that one travels in the message. ``body`` is the real protocol-5 pickle.
+
+Lifetime and cleanup.
+
+* The sender creates each segment with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode
+  0600, writes it with ``write()`` (``ENOSPC`` is an error, not a ``SIGBUS``)
+  and closes it, keeping no mapping. Nothing is registered with
+  multiprocessing's resource tracker.
+* Decoding a message opens every segment and unlinks its name at once, before
+  anything is unpickled, so the names are gone even when unpickling fails. The
+  memory lives on in the receiver's mappings (a NumPy array keeps its mapping)
+  and is freed with them. A message is therefore decoded once;
+  :func:`loads_keeping` leaves the names for a later :func:`discard` (a call
+  body that may be sent again).
+* A message that is never decoded (a dropped result, a call body whose
+  container died) leaves its segments until :func:`discard` or :func:`sweep`
+  unlinks them: ``sweep(owner)`` removes all a pool left (names carry the
+  pool's parent pid, see :func:`set_owner`), ``sweep(owner, creator_pid)``
+  what one process created, :func:`sweep_orphans` the segments of pools whose
+  parent no longer runs.
+* No ``/dev/shm`` (macOS, say): :data:`SHM_DIR` is None and everything is
+  pickled in-band, the pickler's bytes as they are. A segment that cannot be
+  made (``/dev/shm`` full: 64 MB in a default Docker container) sends that
+  buffer in-band instead, with one warning per process.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import mmap
+import os
+import pickle
+import struct
+import sys
+import threading
+
+__all__ = [
+    "THRESHOLD",
+    "discard",
+    "dumps",
+    "loads",
+    "loads_keeping",
+    "owner",
+    "segment_names",
+    "set_owner",
+    "sweep",
+    "sweep_orphans",
+]
+
+THRESHOLD = 1 << 20  # buffers smaller than this stay in-band
+
+# Where segments live; None turns shared memory off (everything in-band).
+SHM_DIR: str | None = "/dev/shm" if sys.platform.startswith("linux") and os.path.isdir("/dev/shm") else None
+
+PREFIX = "lifepool-"  # + "<owner pid>-<creator pid>-<16 hex digits>"
+OWNER_ENV = "LIFEPOOL_SHM_OWNER"  # the owner pid when set_owner() was not called
+VERSION = 1
+
+_U64 = struct.Struct("<Q")
+_MAX_RW = 0x7FFFF000  # Linux moves at most this much per read()/write()
+_OPEN_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_OLD = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+logger = logging.getLogger("lifepool")
+_warned_fallback = False
+_owner: int | None = None
+
+
+# -- owner ------------------------------------------------------------------
+
+
+def set_owner(pid: int | None) -> None:
+    """Name the pool's parent *pid* in the segments this process creates (None: back to the default)."""
+    global _owner
+    _owner = None if pid is None else int(pid)
+
+
+def owner() -> int:
+    """The owner pid: set by :func:`set_owner`, else ``$LIFEPOOL_SHM_OWNER``, else this process."""
+    if _owner is not None:
+        return _owner
+    env = os.environ.get(OWNER_ENV)
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            pass
+    return os.getpid()
+
+
+# -- dumps ------------------------------------------------------------------
+
+
+class _Restart(BaseException):
+    """A big out-of-band buffer showed up: pickle again, collecting buffers.
+
+    A BaseException, so that a pickler chooser's ``except Exception`` fallback
+    does not catch it and run a second pickling on the same callback.
+    """
+
+
+def _probe(buf: pickle.PickleBuffer) -> bool:
+    # The hot-path buffer callback: no state, so no per-call allocation.
+    if memoryview(buf).nbytes < THRESHOLD:
+        return True  # small: in-band
+    raise _Restart
+
+
+def _unwrap(obj):
+    return obj
+
+
+class _Root:
+    """Wraps the object pickled by the collecting pass.
+
+    Its reduction runs first in every pickling of it, so it clears what a
+    previous attempt collected: a chooser that pickles twice (plain pickle,
+    then cloudpickle) leaves exactly the last attempt's buffers, in order.
+    """
+
+    __slots__ = ("buffers", "obj")
+
+    def __init__(self, obj, buffers: list) -> None:
+        self.obj = obj
+        self.buffers = buffers
+
+    def __reduce_ex__(self, protocol):
+        self.buffers.clear()
+        return _unwrap, (self.obj,)
+
+
+def dumps(obj, *, pickler_dumps) -> bytes:
+    """Pickle *obj* (protocol 5) with every buffer of at least THRESHOLD bytes in shared memory.
+
+    ``pickler_dumps(obj, buffer_callback)`` does the pickling and returns bytes
+    (``buffer_callback`` may be None: everything in-band). When nothing is big
+    the result is exactly what it returned. Otherwise the result is a small
+    message naming one new segment per big buffer; it must reach
+    :func:`loads` (or :func:`discard`) once, or :func:`sweep` cleans up.
+    """
+    if SHM_DIR is None:
+        return pickler_dumps(obj, None)
+    try:
+        data = pickler_dumps(obj, _probe)
+    except _Restart:
+        buffers: list[pickle.PickleBuffer] = []
+
+        def collect(buf: pickle.PickleBuffer) -> bool:
+            if memoryview(buf).nbytes < THRESHOLD:
+                return True
+            buffers.append(buf)
+            return False
+
+        data = pickler_dumps(_Root(obj, buffers), collect)
+        return _encode(data, buffers)
+    if len(data) < THRESHOLD:
+        return data
+    return _encode(data, [])
+
+
+def _encode(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
+    view = memoryview(data)
+    items = _big_items(view) if len(data) >= THRESHOLD else []
+    if not buffers and not items:
+        return data
+    created: list[str] = []
+    try:
+        entries = []
+        inline: list[memoryview] = []
+        inline_size = 0
+        for buf in buffers:
+            raw = buf.raw()  # contiguous (C or Fortran) as 1-D unsigned bytes
+            name = _create_segment(raw)
+            if name is None:
+                entries.append((inline_size, raw.nbytes))
+                inline.append(raw)
+                inline_size += raw.nbytes
+            else:
+                created.append(name)
+                entries.append((name, raw.nbytes))
+        objects = []
+        body_parts: list[memoryview | bytes] = []
+        done = 0
+        for kind, start, payload, end in items:
+            name = _create_segment(view[payload:end])
+            if name is None:
+                continue  # stays in-band
+            created.append(name)
+            body_parts.append(view[done:start])
+            body_parts.append(_persistent_ref(len(objects)))
+            objects.append((kind, name, end - payload))
+            done = end
+        if not entries and not objects:
+            return data  # no segment could be made and nothing was out-of-band
+        body_parts.append(view[done:])
+        return _message(body_parts, entries, objects, inline)
+    except BaseException:
+        for name in created:
+            _unlink(name)
+        raise
+
+
+def _message(body_parts: list, buffers: list, objects: list, inline: list) -> bytes:
+    """A pickle of ``_decode(meta, body, inline)``, written by hand to copy the body once."""
+    meta = pickle.dumps((VERSION, buffers, objects), 5)
+    body_len = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in body_parts)
+    inline_len = sum(part.nbytes for part in inline)
+    return b"".join(
+        [
+            _MESSAGE_START,
+            _BINBYTES8,
+            _U64.pack(len(meta)),
+            meta,
+            _BINBYTES8,
+            _U64.pack(body_len),
+            *body_parts,
+            _BINBYTES8,
+            _U64.pack(inline_len),
+            *inline,
+            b"\x87R.",  # TUPLE3, REDUCE, STOP
+        ]
+    )
+
+
+def _persistent_ref(index: int) -> bytes:
+    if index < 256:
+        return b"K" + bytes([index]) + b"Q"  # BININT1 index, BINPERSID
+    return b"J" + index.to_bytes(4, "little") + b"Q"  # BININT index, BINPERSID
+
+
+# -- finding big payloads in a pickle -----------------------------------------
+
+_FRAME = 0x95
+_STOP = 0x2E
+# Opcodes whose big payload is cut out, and what the receiver rebuilds.
+_KINDS = {0x42: "b", 0x8E: "b", 0x96: "a", 0x58: "s", 0x8D: "s"}  # BINBYTES(8), BYTEARRAY8, BINUNICODE(8)
+# Argument layout per opcode: n >= 0 fixed size; else (size of the length prefix, signed).
+_ARGS: dict[int, int | tuple[int, bool]] = {}
+_MAX_SMALL_RUN = 16  # framed pickles only leave runs of < 4 bytes outside frames
+_FRAME_SIZE_TARGET = 64 * 1024  # picklers write payloads of this size or more outside frames
+
+
+def _argument_layouts() -> dict[int, int | tuple[int, bool]]:
+    import pickletools  # only on the slow path
+
+    prefixed = {
+        pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+        pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+        pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+        pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+    }
+    layouts: dict[int, int | tuple[int, bool]] = {}
+    for op in pickletools.opcodes:
+        n = 0 if op.arg is None else op.arg.n
+        if n >= 0:
+            layouts[ord(op.code)] = n
+        elif n in prefixed:
+            layouts[ord(op.code)] = prefixed[n]
+        # else: text arguments (protocol 0): not walked
+    return layouts
+
+
+def _big_items(data: memoryview) -> list[tuple[str, int, int, int]]:
+    """``(kind, opcode start, payload start, end)`` of the big bytes/bytearray/str payloads.
+
+    Walks only the top level of a framed (protocol >= 4) pickle: a FRAME is
+    skipped whole, and big payloads are never framed. Anything unexpected
+    (no framing, text opcodes) ends the walk early; what was found so far
+    stands, the rest simply stays in-band.
+    """
+    global _ARGS
+    n = len(data)
+    if n < 2 or data[0] != 0x80 or data[1] < 4:
+        return []
+    layouts = _ARGS or (_ARGS := _argument_layouts())
+    items = []
+    pos = 2
+    small_run = 0
+    while pos < n:
+        op = data[pos]
+        if op == _FRAME:
+            pos += 9 + _U64.unpack_from(data, pos + 1)[0]
+            small_run = 0
+            continue
+        layout = layouts.get(op)
+        if layout is None:
+            break
+        if isinstance(layout, int):
+            if op == _STOP:
+                break
+            pos += 1 + layout
+            small_run += 1
+            if small_run > _MAX_SMALL_RUN:
+                break  # not framed: walking every opcode would be slow
+            continue
+        width, signed = layout
+        size = int.from_bytes(data[pos + 1 : pos + 1 + width], "little", signed=signed)
+        payload = pos + 1 + width
+        end = payload + size
+        if size >= THRESHOLD and op in _KINDS and end <= n:
+            items.append((_KINDS[op], pos, payload, end))
+        if size >= _FRAME_SIZE_TARGET:
+            small_run = 0  # payloads this big are written outside frames
+        else:
+            small_run += 1
+            if small_run > _MAX_SMALL_RUN:
+                break
+        pos = end
+    return items
+
+
+# -- segments ----------------------------------------------------------------
+
+
+def _path(name: str) -> str:
+    if SHM_DIR is None:
+        raise FileNotFoundError(f"shared memory segment {name!r}: no shared memory directory on this system")
+    return os.path.join(SHM_DIR, name)
+
+
+def _create_segment(data: memoryview) -> str | None:
+    """Write *data* to a new 0600 segment and return its name; None when that fails."""
+    global _warned_fallback
+    directory = SHM_DIR
+    if directory is None:
+        return None
+    name = f"{PREFIX}{owner()}-{os.getpid()}-{os.urandom(8).hex()}"
+    path = os.path.join(directory, name)
+    try:
+        fd = os.open(path, _OPEN_NEW, 0o600)
+    except OSError as error:
+        failure = error
+    else:
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # whatever the umask
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            return name
+        except OSError as error:  # ENOSPC: /dev/shm is full (64 MB in a default Docker container)
+            failure = error
+            _unlink(name)
+    if not _warned_fallback:
+        _warned_fallback = True
+        logger.warning("lifepool: %d bytes travel in-band, no shared memory segment: %s", data.nbytes, failure)
+    return None
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    done, total = 0, data.nbytes
+    while done < total:
+        done += os.write(fd, data[done : done + _MAX_RW])
+
+
+def _unlink(name: str) -> bool:
+    try:
+        os.unlink(_path(name))
+    except (FileNotFoundError, PermissionError):
+        return False
+    return True
+
+
+# -- loads -------------------------------------------------------------------
+
+# A message is a pickle whose decoding calls _decode(): loads(data) -> object is
+# pickle.loads itself, so the hot path pays nothing for this module.
+loads = pickle.loads
+
+_keeping = threading.local()
+
+
+def loads_keeping(data: bytes | memoryview):
+    """Like :func:`loads`, but leave the segments' names for a later :func:`discard`.
+
+    For a message that may be decoded again (a call body resent after its
+    container died). The memory is still shared: what one decoding writes
+    into a rebuilt array the next one sees.
+    """
+    _keeping.on = True
+    try:
+        return pickle.loads(data)
+    finally:
+        _keeping.on = False
+
+
+def _decode(meta: bytes, body: bytes, inline: bytes):
+    """Rebuild the value of a message: map its segments, unlink their names, unpickle the body."""
+    version, buffer_entries, object_entries = pickle.loads(meta)
+    if version != VERSION:
+        raise pickle.UnpicklingError(f"lifepool shared-memory message version {version}, this is {VERSION}")
+    unlink = not getattr(_keeping, "on", False)
+    fds: dict[str, int] = {}
+    try:
+        missing = []
+        for name in _names(buffer_entries, object_entries):  # open all and drop the names first
+            path = _path(name)
+            try:
+                fds[name] = os.open(path, _OPEN_OLD)
+            except FileNotFoundError:
+                missing.append(name)
+                continue
+            if unlink:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        if missing:
+            raise FileNotFoundError(
+                f"shared memory segment(s) {', '.join(missing)} are gone: "
+                "the message was decoded, discarded or swept already"
+            )
+        buffers = []
+        for where, size in buffer_entries:
+            if isinstance(where, str):
+                buffers.append(memoryview(_map(fds[where], size, writable=True)))
+            else:  # it travelled in-band: a writable copy, as plain pickle gives
+                buffers.append(bytearray(memoryview(inline)[where : where + size]))
+        objects = [_read_object(kind, fds[where], size) for kind, where, size in object_entries]
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if objects:
+        unpickler = pickle.Unpickler(io.BytesIO(body), buffers=buffers)
+        unpickler.persistent_load = objects.__getitem__
+        return unpickler.load()
+    return pickle.loads(body, buffers=buffers)
+
+
+def _short_unicode(text: str) -> bytes:
+    encoded = text.encode()
+    return b"\x8c" + bytes([len(encoded)]) + encoded  # SHORT_BINUNICODE
+
+
+_BINBYTES8 = b"\x8e"
+# PROTO 5, the global _decode (STACK_GLOBAL); then come its three bytes arguments, TUPLE3, REDUCE, STOP.
+_MESSAGE_START = b"\x80\x05" + _short_unicode(__name__) + _short_unicode(_decode.__name__) + b"\x93"
+
+
+def _names(buffer_entries: list, object_entries: list) -> list[str]:
+    names = [where for where, _ in buffer_entries if isinstance(where, str)]
+    names += [where for _, where, _ in object_entries if isinstance(where, str)]
+    for name in names:
+        if not name.startswith(PREFIX) or "/" in name or "\0" in name:
+            raise pickle.UnpicklingError(f"not a lifepool shared memory segment name: {name!r}")
+    return names
+
+
+def _map(fd: int, size: int, *, writable: bool) -> mmap.mmap:
+    actual = os.fstat(fd).st_size
+    if actual < size:  # mapping past the end would SIGBUS on access
+        raise pickle.UnpicklingError(f"shared memory segment has {actual} bytes, expected {size}")
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+
+
+def _read_object(kind: str, fd: int, size: int):
+    if kind == "s":
+        mapping = _map(fd, size, writable=False)
+        try:
+            return str(mapping, "utf-8", "surrogatepass")
+        finally:
+            mapping.close()
+    if kind == "b" and size <= _MAX_RW:
+        data = os.pread(fd, size, 0)
+        if len(data) == size:
+            return data
+    target = bytearray(size)
+    view = memoryview(target)
+    done = 0
+    while done < size:
+        got = os.preadv(fd, [view[done : done + _MAX_RW]], done)
+        if got <= 0:
+            raise pickle.UnpicklingError(f"shared memory segment ended after {done} of {size} bytes")
+        done += got
+    view.release()
+    return target if kind == "a" else bytes(target)
+
+
+# -- cleanup -----------------------------------------------------------------
+
+
+def segment_names(data: bytes | memoryview) -> list[str]:
+    """The names of the segments a message refers to ([] for a plain pickle)."""
+    view = memoryview(data)
+    start = len(_MESSAGE_START)
+    if view[:start] != _MESSAGE_START:
+        return []
+    (meta_len,) = _U64.unpack_from(view, start + 1)
+    _, buffers, objects = pickle.loads(view[start + 9 : start + 9 + meta_len])
+    return _names(buffers, objects)
+
+
+def discard(data: bytes | memoryview) -> int:
+    """Unlink the segments of a message that will not be decoded (again); returns how many were removed."""
+    return sum(_unlink(name) for name in segment_names(data))
+
+
+def _segments() -> list[str]:
+    if SHM_DIR is None:
+        return []
+    try:
+        with os.scandir(SHM_DIR) as entries:
+            return [entry.name for entry in entries if entry.name.startswith(PREFIX)]
+    except OSError:
+        return []
+
+
+def sweep(owner_pid: int, creator_pid: int | None = None) -> int:
+    """Unlink the segments left by the pool whose parent is *owner_pid*; returns how many.
+
+    With *creator_pid*, only those that process created (a container that
+    died): the segments other live containers have in flight stay.
+    """
+    prefix = f"{PREFIX}{int(owner_pid)}-"
+    if creator_pid is not None:
+        prefix += f"{int(creator_pid)}-"
+    return sum(_unlink(name) for name in _segments() if name.startswith(prefix))
+
+
+def sweep_orphans() -> int:
+    """Unlink the segments whose owner process no longer runs (a parent killed with SIGKILL); returns how many.
+
+    Only for a ``/dev/shm`` not shared with other pid namespaces: an owner
+    there would look dead.
+    """
+    removed = 0
+    alive: dict[int, bool] = {}
+    for name in _segments():
+        try:
+            pid = int(name[len(PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid not in alive:
+            alive[pid] = _is_running(pid)
+        if not alive[pid]:
+            removed += _unlink(name)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process: leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
