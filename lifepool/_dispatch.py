@@ -329,12 +329,17 @@ class Dispatcher:
         if generation:
             logger.info("lifepool pool %r: started replacement container %d (pid %d)", self.name, index, record.pid)
 
-    def _read_container(self, record: ContainerRecord) -> None:
+    def _read_container(self, record: ContainerRecord, *, drain: bool = False) -> None:
+        """Read one message (the selector is level-triggered: more data wakes it again).
+
+        With *drain*, read everything the container sent before it died.
+        """
         try:
             while True:
                 data = record.conn.recv_bytes()
                 self._message(record, data)
-                if record.conn is None or not record.conn.poll():
+                # (no conn.poll() on the hot path: each call builds a new selector)
+                if not drain or record.conn is None or not record.conn.poll():
                     return
         except (EOFError, OSError):
             # The container closed its end: it exited or died. The sentinel
@@ -503,7 +508,7 @@ class Dispatcher:
     def _reap(self, record: ContainerRecord) -> None:
         """The process exited: finish its books, fail or retry its calls, replace it if needed."""
         if record.conn is not None:
-            self._read_container(record)  # what it sent before dying still counts
+            self._read_container(record, drain=True)  # what it sent before dying still counts
         self._unwatch_conn(record)
         self._selector.unregister(record.process.sentinel)
         record.process.join()

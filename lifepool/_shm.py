@@ -171,11 +171,12 @@ def dumps(obj, *, pickler_dumps) -> bytes:
     message naming one new segment per big buffer; it must reach
     :func:`loads` (or :func:`discard`) once, or :func:`sweep` cleans up.
     """
-    if SHM_DIR is None:
-        return pickler_dumps(obj, None)
+    # The hot path is the first call and the length test: nothing else runs when nothing is big.
     try:
         data = pickler_dumps(obj, _probe)
     except _Restart:
+        if SHM_DIR is None:
+            return pickler_dumps(obj, None)
         buffers: list[pickle.PickleBuffer] = []
 
         def collect(buf: pickle.PickleBuffer) -> bool:
@@ -192,6 +193,8 @@ def dumps(obj, *, pickler_dumps) -> bytes:
 
 
 def _encode(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
+    if SHM_DIR is None:
+        return data
     view = memoryview(data)
     items = _big_items(view) if len(data) >= THRESHOLD else []
     if not buffers and not items:
@@ -408,8 +411,8 @@ def loads_keeping(data: bytes | memoryview):
     """Like :func:`loads`, but leave the segments' names for a later :func:`discard`.
 
     For a message that may be decoded again (a call body resent after its
-    container died). The memory is still shared: what one decoding writes
-    into a rebuilt array the next one sees.
+    container died). Arrays are mapped copy-on-write: what one decoding
+    writes into them the segment, and so the next decoding, never sees.
     """
     _keeping.on = True
     try:
@@ -447,7 +450,9 @@ def _decode(meta: bytes, body: bytes, inline: bytes):
         buffers = []
         for where, size in buffer_entries:
             if isinstance(where, str):
-                buffers.append(memoryview(_map(fds[where], size, writable=True)))
+                # Unlinked, the segment is the receiver's alone: writes go to it, no copy. Kept for
+                # another decoding, each decoding writes into copy-on-write pages of its own.
+                buffers.append(memoryview(_map(fds[where], size, writable=True, private=not unlink)))
             else:  # it travelled in-band: a writable copy, as plain pickle gives
                 buffers.append(bytearray(memoryview(inline)[where : where + size]))
         objects = [_read_object(kind, fds[where], size) for kind, where, size in object_entries]
@@ -480,12 +485,12 @@ def _names(buffer_entries: list, object_entries: list) -> list[str]:
     return names
 
 
-def _map(fd: int, size: int, *, writable: bool) -> mmap.mmap:
+def _map(fd: int, size: int, *, writable: bool, private: bool = False) -> mmap.mmap:
     actual = os.fstat(fd).st_size
     if actual < size:  # mapping past the end would SIGBUS on access
         raise pickle.UnpicklingError(f"shared memory segment has {actual} bytes, expected {size}")
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+    return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE if private else mmap.MAP_SHARED, prot=prot)
 
 
 def _read_object(kind: str, fd: int, size: int):
