@@ -81,7 +81,9 @@ class _Call:
         self._method = method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return wait_for(self._method._pool, lambda: self._method.spawn(*args, **kwargs))
+        method = self._method
+        method._not_a_generator("call")
+        return wait_for(method._pool, lambda: method._pool._spawn_fast(method.name, method.label, args, kwargs))
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         return await await_future(self._method._pool, self._method.spawn(*args, **kwargs))

@@ -233,6 +233,37 @@ class LifecyclePool(concurrent.futures.Executor):
         kind: str | None = None,
         sink: Callable[[tuple[str, Any]], None] | None = None,
     ) -> Future[Any]:
+        call = self._make_call(what, label, args, kwargs, kind, sink)
+        self._submit(call)
+        return call.future
+
+    def _spawn_fast(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """For a blocking call: run it on a borrowed idle container if there is one (see _dispatch).
+
+        Returns a future that is done, or still running if the wait was cut
+        short (the dispatcher then finishes it); otherwise queues it as usual.
+        """
+        call = self._make_call(what, label, args, kwargs, None, None)
+        record = self._dispatcher.borrow(call)
+        if record is None:
+            self._submit(call)
+            return call.future
+        try:
+            self._dispatcher.run_borrowed(record, call)
+        except KeyboardInterrupt:
+            self._abandon([call.future], interrupt=True)
+            raise
+        return call.future
+
+    def _make_call(
+        self,
+        what: Any,
+        label: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kind: str | None,
+        sink: Callable[[tuple[str, Any]], None] | None,
+    ) -> Call:
         try:
             body = _wire.dumps((what, args, kwargs))
         except Exception as error:
@@ -241,13 +272,15 @@ class LifecyclePool(concurrent.futures.Executor):
         future: Future[Any] = Future()
         call = Call(next(_call_ids), future, body, label, kind, sink)
         future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
+        return call
+
+    def _submit(self, call: Call) -> None:
         try:
             self._dispatcher.submit(call)  # raises if the pool refuses calls (shut down, broken)
         except KeyboardInterrupt:
             # Queued or not, nobody will ever see this future: make sure it never runs.
-            self._abandon([future], interrupt=True)
+            self._abandon([call.future], interrupt=True)
             raise
-        return future
 
     def _abandon(self, futures: list[Future[Any]], *, interrupt: bool) -> None:
         """Cancel queued calls among *futures*; with *interrupt*, interrupt the running ones."""
@@ -260,6 +293,38 @@ class LifecyclePool(concurrent.futures.Executor):
         if kind is None:
             return 2 * self._capacity
         return 2 * self._containers * max(self._max_inputs, self._info.batched[kind][0])
+
+    def _spawn_fast(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        """For a blocking call: run it on a borrowed idle container if there is one (see _dispatch).
+
+        Returns a future that is done, or still running if the wait was cut
+        short (the dispatcher then finishes it); falls back to :meth:`_spawn`.
+        """
+        dispatcher = self._dispatcher
+        if not dispatcher.fast_path:
+            return self._spawn(what, label, args, kwargs)
+        try:
+            body = _wire.dumps((what, args, kwargs))
+        except Exception as error:
+            error.add_note(f"lifepool: the arguments of {label} could not be pickled")
+            raise
+        future: Future[Any] = Future()
+        call = Call(next(_call_ids), future, body, label)
+        future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
+        record = dispatcher.borrow(call)
+        if record is None:
+            try:
+                dispatcher.submit(call)
+            except KeyboardInterrupt:
+                self._abandon([future], interrupt=True)
+                raise
+            return future
+        try:
+            dispatcher.run_borrowed(record, call)
+        except KeyboardInterrupt:
+            self._abandon([future], interrupt=True)
+            raise
+        return future
 
     def _grant(self, future: Future[Any], count: int) -> None:
         """Let a stream's container send *count* more items."""

@@ -8,8 +8,9 @@ receiver maps it and a NumPy array is rebuilt on the mapping without a copy.
 
 What goes out-of-band (every piece of at least :data:`THRESHOLD` bytes):
 
-* protocol-5 ``PickleBuffer``\\ s (NumPy arrays, anything with a protocol-5
-  reducer): the receiver gets a writable ``memoryview`` of the mapping;
+* protocol-5 pickle buffers (NumPy arrays, anything whose reducer makes a
+  ``PickleBuffer``): the receiver gets a writable ``memoryview`` of the
+  mapping, no copy;
 * ``bytes``, ``bytearray`` and ``str``: the C pickler writes them in-band and
   shows them to no hook (``reducer_override`` and dispatch tables are skipped
   for these types), so their payloads are cut out of the finished pickle. A
@@ -17,6 +18,15 @@ What goes out-of-band (every piece of at least :data:`THRESHOLD` bytes):
   top level is walked frame by frame (one step per 64 KiB frame), never opcode
   by opcode. The cut becomes ``BININT i, BINPERSID`` and the receiver rebuilds
   the object with one copy (``bytes`` own their memory).
+
+Pickling. The hot path is one call of the pickler with a stateless buffer
+callback, then a length test: a pickle under :data:`THRESHOLD` with no big
+buffer is returned as it is. The callback keeps small buffers in-band; at the
+first big one it raises (a ``BaseException``, which a pickler chooser's
+``except Exception`` lets through) and the object is pickled again with a
+callback that collects buffers, wrapped in an object whose reduction clears the
+collection: a chooser that starts over (plain pickle, then cloudpickle) leaves
+exactly the buffers of the pickle it returns, in order.
 
 Format. Every message is a pickle, so :func:`loads` *is* :func:`pickle.loads`
 (no cost on the hot path, and any ``pickle.loads`` decodes a message):
@@ -165,11 +175,15 @@ class _Root:
 def dumps(obj, *, pickler_dumps) -> bytes:
     """Pickle *obj* (protocol 5) with every buffer of at least THRESHOLD bytes in shared memory.
 
-    ``pickler_dumps(obj, buffer_callback)`` does the pickling and returns bytes
-    (``buffer_callback`` may be None: everything in-band). When nothing is big
-    the result is exactly what it returned. Otherwise the result is a small
-    message naming one new segment per big buffer; it must reach
-    :func:`loads` (or :func:`discard`) once, or :func:`sweep` cleans up.
+    ``pickler_dumps(obj, buffer_callback)`` does the pickling with protocol 5
+    and returns bytes; ``buffer_callback`` goes to the pickler as it is (it
+    may be None: everything in-band). It may pickle more than once (plain
+    pickle, then cloudpickle) with the same callback, but must not use
+    persistent ids (this module uses them in the messages it makes).
+
+    When nothing is big the result is exactly what ``pickler_dumps`` returned.
+    Otherwise it is a small message naming one new segment per big buffer; it
+    must be decoded once (or passed to :func:`discard`), or :func:`sweep` cleans up.
     """
     # The hot path is the first call and the length test: nothing else runs when nothing is big.
     try:
@@ -373,10 +387,14 @@ def _create_segment(data: memoryview) -> str | None:
                 _write_all(fd, data)
             finally:
                 os.close(fd)
-            return name
         except OSError as error:  # ENOSPC: /dev/shm is full (64 MB in a default Docker container)
             failure = error
             _unlink(name)
+        except BaseException:
+            _unlink(name)
+            raise
+        else:
+            return name
     if not _warned_fallback:
         _warned_fallback = True
         logger.warning("lifepool: %d bytes travel in-band, no shared memory segment: %s", data.nbytes, failure)
@@ -411,8 +429,8 @@ def loads_keeping(data: bytes | memoryview):
     """Like :func:`loads`, but leave the segments' names for a later :func:`discard`.
 
     For a message that may be decoded again (a call body resent after its
-    container died). Arrays are mapped copy-on-write: what one decoding
-    writes into them the segment, and so the next decoding, never sees.
+    container died). Arrays are then mapped copy-on-write: what one decoding
+    writes into them stays its own, the next decoding sees the original.
     """
     _keeping.on = True
     try:

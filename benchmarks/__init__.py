@@ -1,0 +1,1 @@
+"""Benchmark suite for lifepool (run ``python benchmarks/bench.py``; not part of the tests)."""
