@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from . import _wire, _worker
+from . import _shm, _wire, _worker
 from ._exceptions import (
     CallTimeoutError,
     ContainerCrashedError,
@@ -310,10 +310,10 @@ class Dispatcher:
 
     def _give_back(self, record: ContainerRecord) -> None:
         record.borrowed = False
+        if record.conn is not None:
+            self._selector.register(record.conn, selectors.EVENT_READ, ("conn", record))
         if record.dead_while_borrowed:
             self.commands.append(("reap", record))
-        elif record.conn is not None:
-            self._selector.register(record.conn, selectors.EVENT_READ, ("conn", record))
 
     def refuse(self, make_error: Callable[[], BaseException]) -> None:
         """From now on, submit() raises ``make_error()`` (the first reason given wins)."""
@@ -455,7 +455,9 @@ class Dispatcher:
             self._result(record, call_id, flag, body)
         elif tag == _wire.ITEM:
             call = record.inflight.get(call_id)
-            if call is not None and call.sink is not None:
+            if call is None or call.sink is None or call.future.done():
+                _wire.discard(body)
+            else:
                 try:
                     call.sink(("item", _wire.loads(body)))
                 except BaseException as error:  # noqa: BLE001 - the consumer raises it in order
@@ -482,10 +484,12 @@ class Dispatcher:
     def _result(self, record: ContainerRecord, call_id: int, ok: int, body: memoryview) -> None:
         call = record.inflight.pop(call_id, None)
         if call is None:
+            _wire.discard(body)
             return
         record.calls_done += 1
         self._release_slot(record, call)
         if call.future.done():
+            _wire.discard(body)
             return  # timed out or abandoned: the late answer is dropped
         if ok:
             try:
@@ -611,6 +615,8 @@ class Dispatcher:
             self._selector.unregister(record.process.sentinel)
         record.process.join()
         code = record.process.exitcode
+        # What it put in shared memory and nobody decoded (everything it sent has been read).
+        _shm.sweep(os.getpid(), creator_pid=record.pid)
         was = record.state
         record.state = ContainerState.DEAD
         record.kill_at = None

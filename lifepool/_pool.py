@@ -272,6 +272,9 @@ class LifecyclePool(concurrent.futures.Executor):
         future: Future[Any] = Future()
         call = Call(next(_call_ids), future, body, label, kind, sink)
         future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
+        if _wire.has_segments(body):
+            # The body's shared memory lives until the call is over (it may be retried).
+            future.add_done_callback(lambda _: _wire.discard(body))
         return call
 
     def _submit(self, call: Call) -> None:
@@ -293,38 +296,6 @@ class LifecyclePool(concurrent.futures.Executor):
         if kind is None:
             return 2 * self._capacity
         return 2 * self._containers * max(self._max_inputs, self._info.batched[kind][0])
-
-    def _spawn_fast(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        """For a blocking call: run it on a borrowed idle container if there is one (see _dispatch).
-
-        Returns a future that is done, or still running if the wait was cut
-        short (the dispatcher then finishes it); falls back to :meth:`_spawn`.
-        """
-        dispatcher = self._dispatcher
-        if not dispatcher.fast_path:
-            return self._spawn(what, label, args, kwargs)
-        try:
-            body = _wire.dumps((what, args, kwargs))
-        except Exception as error:
-            error.add_note(f"lifepool: the arguments of {label} could not be pickled")
-            raise
-        future: Future[Any] = Future()
-        call = Call(next(_call_ids), future, body, label)
-        future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
-        record = dispatcher.borrow(call)
-        if record is None:
-            try:
-                dispatcher.submit(call)
-            except KeyboardInterrupt:
-                self._abandon([future], interrupt=True)
-                raise
-            return future
-        try:
-            dispatcher.run_borrowed(record, call)
-        except KeyboardInterrupt:
-            self._abandon([future], interrupt=True)
-            raise
-        return future
 
     def _grant(self, future: Future[Any], count: int) -> None:
         """Let a stream's container send *count* more items."""

@@ -548,6 +548,11 @@ def segment_names(data: bytes | memoryview) -> list[str]:
     return _names(buffers, objects)
 
 
+def has_segments(data: bytes | memoryview) -> bool:
+    """Whether *data* is a message with shared-memory segments (cheap: a prefix test)."""
+    return memoryview(data)[: len(_MESSAGE_START)] == _MESSAGE_START
+
+
 def discard(data: bytes | memoryview) -> int:
     """Unlink the segments of a message that will not be decoded (again); returns how many were removed."""
     return sum(_unlink(name) for name in segment_names(data))

@@ -11,7 +11,10 @@ Messages are small tuples whose first item is one of the tags below. Values
   parent's ``__main__``;
 * code shipped by value keeps its real file name (cloudpickle writes
   ``<dynamic-code>`` instead), so tracebacks from it point at the user's file
-  and line and show the source line.
+  and line and show the source line;
+* buffers of a megabyte or more (NumPy arrays, bytes, anything with
+  protocol-5 pickle buffers) travel out-of-band in shared memory: see
+  :mod:`lifepool._shm` for the format and who cleans up what.
 
 Exceptions travel with their traceback, ``__cause__``/``__context__`` chain and
 notes through :mod:`tblib`; one that cannot make the trip becomes a
@@ -30,6 +33,7 @@ from collections import ChainMap
 import cloudpickle
 from tblib import pickling_support
 
+from . import _shm
 from ._exceptions import RemoteError
 
 # Every message is one frame: a fixed header (tag, call id, flag) followed by
@@ -96,27 +100,35 @@ class _ExceptionPickler(_Pickler):
         return super().reducer_override(obj)
 
 
-def cloud_dumps(obj) -> bytes:
+def cloud_dumps(obj, buffer_callback=None) -> bytes:
     """Encode *obj* with cloudpickle (by value for ``__main__`` code), keeping file names."""
     with io.BytesIO() as buf:
-        _Pickler(buf, protocol=PROTOCOL).dump(obj)
+        _Pickler(buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return buf.getvalue()
 
 
-def dumps(obj) -> bytes:
-    """Encode *obj*: plain pickle where it is enough, cloudpickle where it is not."""
+def _choose_pickler(obj, buffer_callback) -> bytes:
+    """Plain pickle where it is enough, cloudpickle where it is not."""
     try:
-        data = pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     except Exception:  # noqa: BLE001 - whatever plain pickle refuses, cloudpickle gets a try
-        return cloud_dumps(obj)
+        return cloud_dumps(obj, buffer_callback)
     # A reference to __main__ would make the container look for the name in
     # its own __main__, which is not the user's script: ship it by value.
     if b"__main__" in data:
-        return cloud_dumps(obj)
+        return cloud_dumps(obj, buffer_callback)
     return data
 
 
-loads = pickle.loads
+def dumps(obj) -> bytes:
+    """Encode *obj*; buffers of a megabyte or more travel through shared memory (see _shm)."""
+    return _shm.dumps(obj, pickler_dumps=_choose_pickler)
+
+
+loads = pickle.loads  # decodes plain pickles and _shm messages alike (unlinking their segments)
+loads_keeping = _shm.loads_keeping  # for call bodies, which may be sent again (retries)
+discard = _shm.discard  # a message that will not be decoded: unlink its segments
+has_segments = _shm.has_segments
 
 
 def format_exception(exc: BaseException) -> str:

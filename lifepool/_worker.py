@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _hooks, _wire
+from . import _hooks, _shm, _wire
 from ._exceptions import ParentExitedError
 
 INTERRUPT_SIGNAL = signal.SIGUSR1
@@ -227,7 +227,9 @@ class _Worker:
         return self._threads
 
     def resolve(self, body: memoryview) -> tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        what, args, kwargs = _wire.loads(body)
+        # The parent may send this body again (a retry after a crash): keep its
+        # shared-memory segments; the parent unlinks them when the call is over.
+        what, args, kwargs = _wire.loads_keeping(body)
         func = getattr(self.instance, what) if isinstance(what, str) else what
         return what, func, args, kwargs
 
@@ -510,6 +512,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
     """Entry point of a container process (the target of its Process object)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
     # container that has no policy yet); the mask is inherited, undo it now.
@@ -541,6 +544,8 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         worker.send(_wire.frame(_wire.EXITED, body=pickle.dumps(errors)))
     except OSError:
         pass
+    if isinstance(exit_exc, ParentExitedError):
+        _shm.sweep(options["parent_pid"])  # nobody is left to decode or discard what is in flight
     _leave(0)
 
 

@@ -1,0 +1,52 @@
+"""Big payloads travel through shared memory, privately, and leave nothing behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+from targets import Fragile
+
+import lifepool
+from lifepool import _shm
+
+pytestmark = pytest.mark.skipif(_shm.SHM_DIR is None, reason="no /dev/shm here")
+
+
+def leftovers() -> list[str]:
+    return glob.glob(f"/dev/shm/lifepool-{os.getpid()}-*")
+
+
+def test_big_arrays_and_bytes_round_trip_and_leave_no_segment(hookdir):
+    array = np.arange(4_000_000, dtype=np.float64).reshape(2000, 2000)
+    blob = os.urandom(3 << 20)
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=2) as pool:
+        echoed = pool.echo.call(array)  # the fast path
+        assert echoed.dtype == array.dtype and echoed.shape == array.shape
+        assert np.array_equal(echoed, array)
+        assert pool.echo.spawn(blob).result(timeout=60) == blob  # the dispatcher's path
+        assert [len(b) for b in pool.echo.map([blob] * 4)] == [len(blob)] * 4
+        assert len(pool.big.call(5)) == 5 << 20
+        assert leftovers() == []
+    assert leftovers() == []
+
+
+def test_segments_are_private_to_the_user():
+    message = lifepool._wire.dumps(np.zeros(1 << 18))
+    try:
+        (name,) = _shm.segment_names(message)
+        assert os.stat(f"/dev/shm/{name}").st_mode & 0o777 == 0o600
+    finally:
+        lifepool._wire.discard(message)
+
+
+def test_a_retried_call_gets_its_big_argument_again_and_a_crash_leaks_nothing(hookdir):
+    array = np.ones(1 << 18)
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=2, retries=1) as pool:
+        result = pool.crash_once.call("big", array)  # crashes after decoding the argument once
+        assert np.array_equal(result, array)
+        with pytest.raises(lifepool.ContainerCrashedError):
+            pool.maybe_crash.call(array, True)
+    assert leftovers() == []
