@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
+import itertools
 import queue
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from . import _wire
+from ._exceptions import LifepoolError
 from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
@@ -52,6 +56,7 @@ class RemoteMethod:
         self.name = name
         self.label = f"{pool._info.name}.{name}"
         self.is_generator = name in pool._info.generators
+        self.is_async = inspect.iscoroutinefunction(inspect.getattr_static(pool._target_class, name, None))
         self._kind = name if name in pool._info.batched else None
         self.call = self.remote = _Call(self)
         self.map = _Map(self, star=False)
@@ -106,6 +111,7 @@ class _Map:
             method.label,
             arg_tuples,
             kind=method._kind,
+            chunkable=not method.is_async,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
         )
@@ -193,6 +199,7 @@ def map_calls(
     arg_tuples: Iterable[Iterable[Any]],
     *,
     kind: str | None = None,
+    chunkable: bool = False,
     order_outputs: bool = True,
     return_exceptions: bool = False,
     timeout: float | None = None,
@@ -200,6 +207,8 @@ def map_calls(
     """Submit calls lazily with a bounded window; the first window starts now, not at first ``next``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     inputs = iter(arg_tuples)
+    if chunkable and kind is None and pool._can_chunk():
+        return _ChunkedMap(pool, what, label, inputs, order_outputs, return_exceptions, deadline).results()
     window = pool._window(kind)
     in_flight: collections.deque[Future[Any]] = collections.deque()
     finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
@@ -216,6 +225,124 @@ def map_calls(
     while len(in_flight) < window and submit_next():
         pass
     return _results(pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline)
+
+
+class _ChunkedMap:
+    """``map`` over many quick inputs: several inputs per call, results still one per input.
+
+    Sending each tiny input as its own call costs a round trip per input; a
+    chunk of inputs costs one. The chunk size adapts: the first chunks hold one
+    input; after each chunk the container reports how long its inputs took,
+    and later chunks hold about CHUNK_SECONDS worth of inputs (at most
+    MAX_CHUNK). The values of a chunk travel as one pickle. Inputs that each take longer than CHUNK_SECONDS stay one per
+    call. Each input keeps its own result or error. A chunk whose container
+    dies fails only the inputs whose outcomes had not come back yet (the
+    container sends finished outcomes every few milliseconds). Chunking is
+    used only when the pool has no ``timeout`` and no ``retries``, whose
+    per-call guarantees it would blur.
+    """
+
+    CHUNK_SECONDS = 0.005
+    MAX_CHUNK = 1024
+
+    def __init__(
+        self,
+        pool: LifecyclePool,
+        what: Any,
+        label: str,
+        inputs: Iterator[Any],
+        order_outputs: bool,
+        return_exceptions: bool,
+        deadline: float | None,
+    ) -> None:
+        self.pool = pool
+        self.what = what
+        self.label = label
+        self.inputs = inputs
+        self.order_outputs = order_outputs
+        self.return_exceptions = return_exceptions
+        self.deadline = deadline
+        self.size = 1
+        self.window = pool._window(None)  # chunks in flight
+        self.in_flight: collections.deque[tuple[Future[Any], list[Any], int]] = collections.deque()
+        self.finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        while len(self.in_flight) < self.window and self.submit_next():
+            pass
+
+    def submit_next(self) -> bool:
+        arg_tuples = [tuple(args) for args in itertools.islice(self.inputs, self.size)]
+        if not arg_tuples:
+            return False
+        partial: list[Any] = []
+
+        def sink(message: tuple[str, Any]) -> None:
+            if message[0] == "item":
+                partial.append(message[1])  # one segment of outcomes
+
+        future = self.pool._spawn(_wire.Chunk(self.what, arg_tuples), self.label, (), {}, None, sink)
+        if not self.order_outputs:
+            future.add_done_callback(self.finished.put)
+        self.in_flight.append((future, partial, len(arg_tuples)))
+        return True
+
+    def results(self) -> Iterator[Any]:
+        interrupted = False
+        try:
+            while self.in_flight:
+                if self.order_outputs:
+                    entry = self.in_flight[0]
+                    _wait_done(entry[0], self.deadline)
+                else:
+                    done = _next_finished(self.finished, self.deadline)
+                    entry = next(e for e in self.in_flight if e[0] is done)
+                self.in_flight.remove(entry)
+                values, errors = self.outcomes(*entry)
+                self.submit_next()
+                if not errors:
+                    yield from values  # the common case, at C speed
+                    continue
+                for position, value in enumerate(values):
+                    if position in errors and not self.return_exceptions:
+                        raise value
+                    yield value
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            if self.in_flight:
+                self.pool._abandon([f for f, _, _ in self.in_flight], interrupt=interrupted)
+
+    def outcomes(self, future: Future[Any], partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
+        """The values of a finished chunk, one per input, and the positions that hold an exception.
+
+        Also adapts the chunk size to how long the inputs took.
+        """
+        error = future.exception()
+        segments = list(partial)
+        if error is None:
+            ran, seconds, last = future.result()
+            segments.append(last)
+            per_input = seconds / max(ran, 1)
+            self.size = max(1, min(self.MAX_CHUNK, int(self.CHUNK_SECONDS / max(per_input, 1e-7))))
+        values: list[Any] = []
+        failed: set[int] = set()
+        for values_blob, errors in segments:
+            offset = len(values)
+            values.extend(_wire.loads(values_blob))
+            for position, blob in errors.items():
+                values[offset + position] = self.error(future, _wire.load_exception(blob))
+                failed.add(offset + position)
+        # Inputs whose outcome never came back (the container died, or the chunk was interrupted).
+        failed.update(range(len(values), count))
+        values.extend(error for _ in range(count - len(values)))
+        return values, failed
+
+    def error(self, future: Future[Any], exc: BaseException) -> BaseException:
+        if not isinstance(exc, LifepoolError):
+            call = future._lifepool_call  # type: ignore[attr-defined]
+            where = call.container.describe() if call.container is not None else "a container"
+            exc.add_note(f"lifepool: raised in {where} by {self.label}")
+        return exc
 
 
 def _results(

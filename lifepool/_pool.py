@@ -117,6 +117,7 @@ class LifecyclePool(concurrent.futures.Executor):
             raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
 
         self._info = _hooks.inspect_class(cls)
+        self._target_class = cls
         max_inputs = max(max_inputs, self._info.max_inputs)  # @lifepool.concurrent on the class
         self._containers = containers
         self._max_inputs = max_inputs
@@ -188,7 +189,9 @@ class LifecyclePool(concurrent.futures.Executor):
         """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
-        return map_calls(self, fn, _label(fn), zip(*iterables), timeout=timeout)
+        return map_calls(
+            self, fn, _label(fn), zip(*iterables), chunkable=not inspect.iscoroutinefunction(fn), timeout=timeout
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Finish (or with *cancel_futures*, drop) queued calls, then run every exit hook and reap.
@@ -296,6 +299,11 @@ class LifecyclePool(concurrent.futures.Executor):
         if kind is None:
             return 2 * self._capacity
         return 2 * self._containers * max(self._max_inputs, self._info.batched[kind][0])
+
+    def _can_chunk(self) -> bool:
+        """Whether ``map`` may put several inputs in one call (see _handles._ChunkedMap)."""
+        dispatcher = self._dispatcher
+        return dispatcher.timeout is None and dispatcher.retries == 0 and dispatcher.max_calls is None
 
     def _grant(self, future: Future[Any], count: int) -> None:
         """Let a stream's container send *count* more items."""

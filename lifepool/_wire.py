@@ -70,6 +70,19 @@ def unframe(data: bytes) -> tuple[int, int, int, memoryview]:
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+class Chunk:
+    """Several inputs of one method (or callable), run one after the other as one call (map's chunks)."""
+
+    __slots__ = ("arg_tuples", "what")
+
+    def __init__(self, what, arg_tuples: list[tuple]) -> None:
+        self.what = what  # method name, or a callable
+        self.arg_tuples = arg_tuples
+
+    def __reduce__(self):
+        return (Chunk, (self.what, self.arg_tuples))
+
+
 def _code_reduce_keeping_filename(code: types.CodeType):
     reconstructor, args = _cloudpickle_code_reduce(code)
     # cloudpickle blanks the file name to make payloads reproducible; put it back

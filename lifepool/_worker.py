@@ -335,6 +335,37 @@ class _Worker:
         finally:
             del self._credits[call_id]
 
+    def run_chunk(self, call_id: int, chunk: _wire.Chunk) -> tuple[int, float, tuple[bytes, dict[int, bytes]]]:
+        """Run a chunk of map inputs in order; every input gets its own outcome.
+
+        Outcomes travel in segments, ``(dumps(values), {position: exception
+        blob})``: the values of a segment are pickled together (one pickle per
+        segment, not per input), and an input that raised has its error at its
+        position. Finished segments are sent ahead (ITEM frames) every
+        CHUNK_FLUSH_SECONDS, so that if this container dies, the inputs it
+        finished keep their results. An interrupt ends the whole chunk.
+        Returns (inputs run, seconds, the last segment).
+        """
+        func = getattr(self.instance, chunk.what) if isinstance(chunk.what, str) else chunk.what
+        values: list[Any] = []
+        errors: dict[int, bytes] = {}
+        start = last = time.monotonic()
+        total = len(chunk.arg_tuples)
+        for done, args in enumerate(chunk.arg_tuples, 1):
+            try:
+                values.append(func(*args))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # noqa: BLE001 - this input's own error
+                errors[len(values)] = _wire.exception_blob(_trimmed(error))
+                values.append(None)
+            now = time.monotonic()
+            if now - last >= CHUNK_FLUSH_SECONDS and done < total:
+                segment = pickle.dumps(_segment(values, errors), _wire.PROTOCOL)
+                self.send(_wire.frame(_wire.ITEM, call_id, 0, segment))
+                values, errors, last = [], {}, now
+        return total, time.monotonic() - start, _segment(values, errors)
+
     def batcher(self, name: str) -> _Batcher:
         batcher = self._batchers.get(name)
         if batcher is None:
@@ -357,7 +388,14 @@ class _Worker:
                 except BaseException as error:  # noqa: BLE001
                     self.send_result(call_id, False, error)
                     continue
-                if isinstance(what, str) and what in self.info.batched:
+                if isinstance(what, _wire.Chunk):
+                    if concurrent_mode:
+                        self.start_concurrent(call_id, self.run_chunk, (call_id, what), {})
+                    else:
+                        gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {})
+                        if gone is not None:
+                            return gone
+                elif isinstance(what, str) and what in self.info.batched:
                     self.batcher(what).add(call_id, args, kwargs)
                 elif inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
                     self.threads.submit(self.run_stream, call_id, func, args, kwargs)
@@ -378,6 +416,7 @@ class _Worker:
 
 
 STREAM_WINDOW = 16  # items a stream may send ahead of its consumer (see _handles.stream)
+CHUNK_FLUSH_SECONDS = 0.005  # how often a running map chunk sends the outcomes it has
 
 
 class _Credit:
@@ -474,6 +513,23 @@ class _Batcher:
             return
         for call_id, output in zip(ids, outputs, strict=True):
             self.worker.send_result(call_id, True, output)
+
+
+def _segment(values: list[Any], errors: dict[int, bytes]) -> tuple[bytes, dict[int, bytes]]:
+    """Encode a chunk segment; a value that cannot be pickled becomes that input's error."""
+    try:
+        return _wire.dumps(values), errors
+    except BaseException:  # noqa: BLE001 - find the culprits one by one
+        for position, value in enumerate(values):
+            if position in errors:
+                continue
+            try:
+                _wire.dumps(value)
+            except BaseException as error:  # noqa: BLE001
+                error.add_note(f"lifepool: the result ({type(value).__qualname__}) could not be pickled")
+                errors[position] = _wire.exception_blob(error)
+                values[position] = None
+        return _wire.dumps(values), errors
 
 
 def _raised(exc: BaseException) -> BaseException:

@@ -98,6 +98,9 @@ class Recorder:
         except ZeroDivisionError:
             raise ValueError("during handling")
 
+    def lock_at(self, i, at):
+        return threading.Lock() if i == at else i
+
     def unpicklable_result(self):
         return threading.Lock()
 

@@ -9,7 +9,7 @@ import threading
 import traceback
 
 import pytest
-from targets import CustomInitError, Recorder
+from targets import CustomInitError, Fragile, Recorder
 
 import lifepool
 
@@ -76,6 +76,8 @@ def test_starmap(pool):
 
 
 def test_map_over_an_endless_generator_is_lazy_and_windowed(pool):
+    from lifepool._handles import _ChunkedMap
+
     consumed = itertools.count()
 
     def endless():
@@ -86,9 +88,24 @@ def test_map_over_an_endless_generator_is_lazy_and_windowed(pool):
     results = pool.double.map(endless())
     assert list(itertools.islice(results, 10)) == [2 * i for i in range(10)]
     results.close()
-    taken = next(consumed)
-    # never more than the window ahead: 2 x containers x max_inputs
-    assert taken <= 10 + 2 * 2 * 1 + 1
+    # bounded: the window is 2 x containers x max_inputs calls (plus the one being
+    # yielded), and quick inputs travel in chunks of at most MAX_CHUNK inputs per call
+    assert next(consumed) <= 10 + (2 * 2 * 1 + 1) * _ChunkedMap.MAX_CHUNK
+
+
+def test_map_of_slow_inputs_reads_one_input_per_call_ahead(hookdir):
+    consumed = itertools.count()
+
+    def endless():
+        for _ in itertools.count():
+            next(consumed)
+            yield 0.006  # slower than a chunk's target: one input per call
+
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=2) as p:
+        results = p.sleep.map(endless())
+        assert list(itertools.islice(results, 10)) == ["slept"] * 10
+        results.close()
+        assert next(consumed) <= 10 + 2 * 2 * 1 + 1
 
 
 def test_map_window_never_smaller_than_capacity(hookdir):
@@ -224,3 +241,28 @@ def test_many_threads_calling_at_once(pool):
     with concurrent.futures.ThreadPoolExecutor(8) as threads:
         results = list(threads.map(worker, range(8)))
     assert results == [[n + i for i in range(20)] for n in range(8)]
+
+
+def test_quick_inputs_are_chunked_yet_keep_per_input_results_and_errors(pool):
+    results = list(pool.fail_if_odd.map(range(5000), return_exceptions=True))
+    assert len(results) == 5000
+    for i, result in enumerate(results):
+        if i % 2:
+            assert isinstance(result, ValueError) and str(result) == f"odd: {i}"
+            assert any("Recorder.fail_if_odd" in note for note in result.__notes__)
+        else:
+            assert result == i
+    ordered = pool.fail_if_odd.map([0, 2, 4] * 1000 + [7] + [0] * 100)
+    for _ in range(3000):
+        assert next(ordered) in (0, 2, 4)
+    with pytest.raises(ValueError, match="odd: 7"):
+        next(ordered)
+    assert sorted(pool.double.map(range(3000), order_outputs=False)) == [2 * i for i in range(3000)]
+    assert list(pool.map(abs, range(-2000, 0))) == list(range(2000, 0, -1))
+
+
+def test_an_unpicklable_value_in_a_chunk_fails_that_input_only(pool):
+    results = list(pool.lock_at.map(range(1000), [500] * 1000, return_exceptions=True))
+    assert isinstance(results[500], TypeError)
+    assert any("could not be pickled" in note for note in results[500].__notes__)
+    assert results[:500] + results[501:] == [i for i in range(1000) if i != 500]
