@@ -66,6 +66,7 @@ class Settings:
     scaling_calls: int
     scaling_containers: tuple[int, ...]
     memory_containers: int
+    batching_items: int
     idle_seconds: float
     pid_delay: float
 
@@ -82,6 +83,7 @@ FULL = Settings(
     scaling_calls=5_000,
     scaling_containers=(1, 2, 8, 32),
     memory_containers=8,
+    batching_items=2_000,
     idle_seconds=0.5,
     pid_delay=0.05,
 )
@@ -96,6 +98,7 @@ QUICK = dataclasses.replace(
     payload_mb=16,
     scaling_calls=500,
     scaling_containers=(1, 2, 8),
+    batching_items=400,
     idle_seconds=0.2,
 )
 
@@ -123,6 +126,39 @@ class Echo:
 
     def __exit__(self, *exc_info: object) -> None:
         """Do nothing."""
+
+
+try:
+    from lifepool import batched as _batched
+except ImportError:  # lifepool missing: the batching scenario is skipped with the rest of lifepool
+
+    def _batched(**_: object) -> Callable[[Callable], Callable]:
+        return lambda func: func
+
+
+class Model:
+    """The batching workload: each call to the model costs a fixed 2 ms, whatever the batch size.
+
+    Stands in for a GPU model, whose cost per call is mostly launching the work.
+    """
+
+    def __enter__(self) -> Self:
+        """Nothing to load."""
+        return self
+
+    def predict_one(self, x: float) -> float:
+        """One input per model call."""
+        time.sleep(0.002)
+        return 2 * x
+
+    @_batched(max_batch_size=32, wait_ms=5)
+    def predict(self, xs: list[float]) -> list[float]:
+        """Up to 32 inputs per model call (lifepool groups the waiting ones)."""
+        time.sleep(0.002)
+        return [2 * x for x in xs]
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Nothing to release."""
 
 
 def echo(x: object) -> object:
@@ -216,6 +252,35 @@ class LifepoolPool(Pool):
         """Pids of the containers that served ``tasks`` concurrent calls."""
         futures = [self._pool.getpid.spawn(delay) for _ in range(tasks)]
         return {f.result() for f in futures}
+
+
+class LifepoolBatched(LifepoolPool):
+    """lifepool calling ``Model.predict``, a ``@lifepool.batched`` method, one input at a time."""
+
+    name = "lifepool"  # the same contestant: the batching scenario compares it with "unbatched"
+
+    def create(self) -> contextlib.AbstractContextManager:
+        """Build a LifecyclePool of Model containers."""
+        return self._lib.LifecyclePool(Model, containers=self.containers)
+
+    def pipelined(self, xs: Iterable) -> list:
+        """Spawn one-input calls, then collect them (warms every container up)."""
+        futures = [self._pool.predict_one.spawn(x) for x in xs]
+        return [f.result() for f in futures]
+
+    def map(self, xs: Iterable) -> list:
+        """Ordered map through the batched method."""
+        return list(self._pool.predict.map(xs))
+
+
+class LifepoolUnbatched(LifepoolBatched):
+    """The same pool and model, one input per model call (``Model.predict_one``)."""
+
+    name = "unbatched"
+
+    def map(self, xs: Iterable) -> list:
+        """Ordered map through the one-input method."""
+        return list(self._pool.predict_one.map(xs))
 
 
 class PipeFloor(Pool):
@@ -446,6 +511,7 @@ POOLS: dict[str, type[Pool]] = {
     cls.name: cls
     for cls in (
         LifepoolPool,
+        LifepoolUnbatched,
         PipeFloor,
         ProcessPool,
         SpawnProcessPool,
@@ -529,6 +595,19 @@ def measure_map(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str,
         elapsed = time.perf_counter() - start
     expect(out, list(xs))
     return {label(f"map, {short(len(xs))} items", "items/s", False): len(xs) / elapsed}
+
+
+def measure_batching(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """Inputs/s through a model whose every call costs 2 ms: batched vs one input per call."""
+    if pool_cls is POOLS["lifepool"]:
+        pool_cls = LifepoolBatched
+    xs = [float(i) for i in range(s.batching_items)]
+    with opened(pool_cls, containers, warm_item=1.0) as pool:
+        start = time.perf_counter()
+        out = pool.map(xs)
+        elapsed = time.perf_counter() - start
+    expect(out, [2 * x for x in xs])
+    return {label(f"batching, {short(len(xs))} inputs, 2 ms per model call", "inputs/s", False): len(xs) / elapsed}
 
 
 def measure_cold(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
@@ -688,6 +767,13 @@ SCENARIOS = {
             measure_scaling,
             ("lifepool", "ppe"),
             lambda s: s.scaling_containers,
+        ),
+        Scenario(
+            "batching",
+            "@lifepool.batched vs one input per call, 2 ms per model call",
+            measure_batching,
+            ("lifepool", "unbatched"),
+            lambda s: (2,),
         ),
         Scenario(
             "memory",

@@ -184,6 +184,7 @@ class Dispatcher:
             "pool_name": pool_name,
             "max_inputs": self.max_inputs,
             "parent_pid": os.getpid(),
+            "exit_grace_period": self.grace,
         }
 
         # Shared with other threads: append-only from them, drained here.

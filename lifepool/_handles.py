@@ -463,45 +463,52 @@ async def _async_zip(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
             return
 
 
+class _StreamReader:
+    """What a stream's consumer does with each message, shared by the sync and async consumers."""
+
+    def __init__(self, pool: LifecyclePool, future: Future[Any]) -> None:
+        self.pool = pool
+        self.future = future
+        self.taken = 0
+        self.finished = False
+
+    def item(self, message: tuple[str, Any]) -> tuple[bool, Any]:
+        """(True, item) for an item; (False, None) at the end; raises the stream's error."""
+        kind, value = message
+        if kind == "item":
+            self.taken += 1
+            if self.taken % (STREAM_WINDOW // 2) == 0:
+                self.pool._grant(self.future, STREAM_WINDOW // 2)  # the container may run further ahead
+            return True, value
+        self.finished = True
+        if kind == "end":
+            return False, None
+        raise value
+
+    def close(self) -> None:
+        if not self.finished:  # closed early, interrupted, cancelled, or the consumer raised
+            self.pool._abandon([self.future], interrupt=True)  # stops the generator in its container
+
+
 def _stream(pool: LifecyclePool, future: Future[Any], get: Any) -> Iterator[Any]:
-    taken = 0
-    finished = False
+    reader = _StreamReader(pool, future)
     try:
         while True:
-            kind, value = get()
-            if kind == "item":
-                yield value
-                taken += 1
-                if taken % (STREAM_WINDOW // 2) == 0:
-                    pool._grant(future, STREAM_WINDOW // 2)
-            elif kind == "end":
-                finished = True
+            is_item, value = reader.item(get())
+            if not is_item:
                 return
-            else:
-                finished = True
-                raise value
+            yield value
     finally:
-        if not finished:  # closed early, interrupted, or the consumer raised: stop the generator
-            pool._abandon([future], interrupt=True)
+        reader.close()
 
 
 async def _astream(pool: LifecyclePool, future: Future[Any], get: Any) -> AsyncIterator[Any]:
-    taken = 0
-    finished = False
+    reader = _StreamReader(pool, future)
     try:
         while True:
-            kind, value = await get()
-            if kind == "item":
-                yield value
-                taken += 1
-                if taken % (STREAM_WINDOW // 2) == 0:
-                    pool._grant(future, STREAM_WINDOW // 2)
-            elif kind == "end":
-                finished = True
+            is_item, value = reader.item(await get())
+            if not is_item:
                 return
-            else:
-                finished = True
-                raise value
+            yield value
     finally:
-        if not finished:  # closed early, cancelled, or the consumer raised: stop the generator
-            pool._abandon([future], interrupt=True)
+        reader.close()

@@ -593,6 +593,11 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         exit_exc = worker.serve()
     except OSError:
         exit_exc = _raised(ParentExitedError("the parent process is gone (pipe closed)"))
+    if isinstance(exit_exc, ParentExitedError):
+        # Nobody is left to SIGKILL us after the grace period: do it ourselves.
+        timer = threading.Timer(options["exit_grace_period"], _leave, (1,))
+        timer.daemon = True
+        timer.start()
     if worker._threads is not None:
         worker._threads.shutdown(wait=True)
     errors = worker.exit(exit_exc)

@@ -418,3 +418,51 @@ class Batching:
 
     def batch_sizes(self):
         return list(self.sizes)
+
+
+class AsyncHooks:
+    """Async and sync decorated hooks around __aenter__/__aexit__, all on the container's loop."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.log = []
+
+    async def __aenter__(self):
+        self.loop = asyncio.get_running_loop()
+        self.log.append("__aenter__")
+
+    @lifepool.enter()
+    async def async_enter(self):
+        assert asyncio.get_running_loop() is self.loop
+        self.log.append("async-enter")
+
+    @lifepool.enter()
+    def sync_enter(self):
+        self.log.append("sync-enter")
+
+    @lifepool.exit()
+    async def async_exit(self):
+        assert asyncio.get_running_loop() is self.loop
+        self.log.append("async-exit")
+
+    async def __aexit__(self, *exc):
+        self.log.append("__aexit__")
+        mark(self.directory, "events", ",".join(self.log))
+
+    def events(self):
+        return list(self.log)
+
+    async def hang(self):
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            mark(self.directory, "cancelled")
+            raise
+
+
+class HangingExit:
+    def ping(self):
+        return os.getpid()
+
+    def __exit__(self, *exc):
+        time.sleep(600)

@@ -224,3 +224,22 @@ def test_batched_decorator_validates():
 def test_many_inputs_with_islice_on_an_async_method():
     with lifepool.LifecyclePool(Concurrent(1), containers=1, max_inputs=10) as p:
         assert list(itertools.islice(p.nap.map(itertools.repeat(0)), 50)) == [0] * 50
+
+
+def test_async_decorated_hooks_run_on_the_containers_loop(hookdir):
+    from targets import AsyncHooks
+
+    with lifepool.LifecyclePool(AsyncHooks(hookdir), containers=1) as p:
+        assert p.events.call() == ["__aenter__", "async-enter", "sync-enter"]
+    (events,) = markers(hookdir, "events").values()
+    assert events == "__aenter__,async-enter,sync-enter,async-exit,__aexit__"
+
+
+def test_a_timed_out_async_call_is_cancelled_in_its_container(hookdir):
+    from targets import AsyncHooks
+
+    with lifepool.LifecyclePool(AsyncHooks(hookdir), containers=1, timeout=0.5) as p:
+        with pytest.raises(lifepool.CallTimeoutError):
+            p.hang.call()
+        assert p.events.call()[:1] == ["__aenter__"]  # the same container serves on
+    assert markers(hookdir, "cancelled")

@@ -200,9 +200,11 @@ ORPHAN_SCRIPT = textwrap.dedent(
             with open(path + ".tmp", "w") as f:
                 f.write(exc_type.__name__ + "|" + str(issubclass(exc_type, KeyboardInterrupt)))
             os.rename(path + ".tmp", path)
+            if os.environ.get("HANG_IN_EXIT"):
+                time.sleep(600)  # only the container's own grace timer ends this
 
     directory = sys.argv[1]
-    pool = lifepool.LifecyclePool(Holder(directory), containers=2, exit_grace_period=5)
+    pool = lifepool.LifecyclePool(Holder(directory), containers=2, exit_grace_period=2)
     pids = set()
     while len(pids) < 2:
         pids = {pool.pid.spawn().result() for _ in range(8)} | pids
@@ -213,10 +215,13 @@ ORPHAN_SCRIPT = textwrap.dedent(
 )
 
 
-def test_kill_minus_nine_of_the_parent_leaves_no_orphans(hookdir, tmp_path):
+@pytest.mark.parametrize("hang_in_exit", [False, True], ids=["clean-exit", "hung-exit-hook"])
+def test_kill_minus_nine_of_the_parent_leaves_no_orphans(hookdir, tmp_path, hang_in_exit):
     script = tmp_path / "orphan.py"
     script.write_text(ORPHAN_SCRIPT)
-    with subprocess.Popen([sys.executable, str(script), str(hookdir)], stdout=subprocess.PIPE, text=True) as proc:
+    env = {**os.environ, "HANG_IN_EXIT": "1" if hang_in_exit else ""}
+    command = [sys.executable, str(script), str(hookdir)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
         try:
             line = readline(proc, timeout=60)
             pids = [int(p) for p in line.split()]
@@ -224,7 +229,7 @@ def test_kill_minus_nine_of_the_parent_leaves_no_orphans(hookdir, tmp_path):
             wait_for_path(hookdir / "started")
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-            assert_gone(pids, timeout=5 + 5)  # exit_grace_period + 5 s
+            assert_gone(pids, timeout=2 + 5)  # exit_grace_period + 5 s
         finally:
             if proc.poll() is None:
                 proc.kill()

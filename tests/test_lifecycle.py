@@ -260,3 +260,19 @@ def test_unpicklable_target_is_rejected_at_construction():
 def test_a_function_is_not_a_target():
     with pytest.raises(TypeError, match="class or an instance"):
         lifepool.LifecyclePool(print, containers=1)
+
+
+def test_an_exit_hook_past_the_grace_period_is_killed_and_reported(hookdir, caplog):
+    import logging
+
+    from targets import HangingExit
+
+    caplog.set_level(logging.WARNING, logger="lifepool")
+    pool = lifepool.LifecyclePool(HangingExit(), containers=1, exit_grace_period=0.5)
+    pid = pool.ping.call()
+    with pytest.raises(lifepool.ExitHookError) as info:
+        pool.shutdown()
+    (error,) = info.value.exceptions
+    assert "killed (SIGKILL)" in str(error) and "exit_grace_period=0.5" in str(error)
+    assert f"killing container 0 (pid {pid})" in caplog.text
+    assert_gone([pid])
