@@ -226,10 +226,11 @@ class LifepoolPool(Pool):
     module = "lifepool"
 
     def prepare(self) -> None:
-        """Import lifepool."""
+        """Import lifepool, the pool's side included (lifepool imports it on first use)."""
         import lifepool
 
         self._lib = lifepool
+        assert lifepool.LifecyclePool is not None
 
     def create(self) -> contextlib.AbstractContextManager:
         """Build a LifecyclePool of Echo containers."""

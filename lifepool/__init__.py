@@ -9,6 +9,8 @@ things go wrong::
         ys = list(p.predict.map(xs))
 """
 
+from typing import TYPE_CHECKING
+
 from ._exceptions import (
     CallTimeoutError,
     ContainerCrashedError,
@@ -19,10 +21,13 @@ from ._exceptions import (
     RemoteError,
     Terminated,
 )
-from ._handles import RemoteMethod
 from ._hooks import batched, concurrent, enter, exit
-from ._pool import LifecyclePool
 from ._worker import Container, current_container
+
+if TYPE_CHECKING:
+    from ._handles import RemoteMethod
+    from ._pool import LifecyclePool
+del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -44,3 +49,23 @@ __all__ = [
     "enter",
     "exit",
 ]
+
+# The pool's side (loky, asyncio, the dispatcher) is imported on first use:
+# a container imports this package too, and what it imports is on the path to
+# every pool's first result.
+_LAZY = {"LifecyclePool": "._pool", "RemoteMethod": "._handles"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lifepool' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -35,8 +35,6 @@ non-daemon threads in user code cannot keep a finished container alive.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import inspect
 import os
 import pickle
@@ -47,10 +45,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _hooks, _shm, _wire
 from ._exceptions import ParentExitedError
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+# asyncio and concurrent.futures are imported where they are first needed: a
+# container that runs only sync code with max_inputs=1 never pays for them,
+# and each container's start-up is on the path to the pool's first result.
 
 INTERRUPT_SIGNAL = signal.SIGUSR1
 _WATCH_INTERVAL = 1.0  # seconds between getppid() checks, the fallback parent watch
@@ -104,16 +109,22 @@ class _LoopThread:
     """The container's single event loop, running in its own thread for the container's life."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="lifepool-loop", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        import asyncio
+
         _block_interrupts_in_this_thread()
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Any) -> Any:
@@ -208,7 +219,7 @@ class _Worker:
         for hook in hooks:
             try:
                 result = hook()
-                if asyncio.iscoroutine(result):
+                if inspect.iscoroutine(result):
                     self.loop.run(result)
             except BaseException as error:  # noqa: BLE001 - reported to the parent
                 errors.append(_wire.exception_blob(_trimmed(error)))
@@ -219,6 +230,8 @@ class _Worker:
     def threads(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for sync calls (max_inputs > 1) and for streams, made on first use."""
         if self._threads is None:
+            import concurrent.futures
+
             self._threads = concurrent.futures.ThreadPoolExecutor(
                 self.options["max_inputs"],
                 thread_name_prefix="lifepool-call",
@@ -499,7 +512,7 @@ class _Batcher:
             return
         try:
             outputs = self.func(**columns)
-            if asyncio.iscoroutine(outputs):
+            if inspect.iscoroutine(outputs):
                 outputs = self.worker.loop.submit(outputs).result()
             outputs = list(outputs)
             if len(outputs) != len(ids):
