@@ -478,10 +478,23 @@ def _decode(meta: bytes, body: bytes, inline: bytes):
         for fd in fds.values():
             os.close(fd)
     if objects:
-        unpickler = pickle.Unpickler(io.BytesIO(body), buffers=buffers)
-        unpickler.persistent_load = objects.__getitem__
-        return unpickler.load()
+        return _ObjectsUnpickler(io.BytesIO(body), objects, buffers).load()
     return pickle.loads(body, buffers=buffers)
+
+
+class _ObjectsUnpickler(pickle.Unpickler):
+    """Resolves the cut-out payloads (persistent ids are their positions).
+
+    A subclass rather than an instance attribute: Python 3.13 made
+    ``persistent_load`` read-only on the C unpickler's instances.
+    """
+
+    def __init__(self, file: io.BytesIO, objects: list, buffers: list) -> None:
+        super().__init__(file, buffers=buffers)
+        self._objects = objects
+
+    def persistent_load(self, pid: int) -> object:
+        return self._objects[pid]
 
 
 def _short_unicode(text: str) -> bytes:
