@@ -247,6 +247,8 @@ class Dispatcher:
         """Fast path: lend an idle container to the calling thread for *call*, or None.
 
         On success the call is in flight on that container and already sent.
+        If an exception (a Ctrl-C) cuts this short, the caller must call
+        :meth:`abandon_borrow`: ``call.container`` says what was lent.
         """
         if not self.fast_path or call.kind is not None or call.sink is not None:
             return None
@@ -266,7 +268,7 @@ class Dispatcher:
             record.offered.discard(None)
             call.future.set_running_or_notify_cancel()
             call.attempts = 1
-            call.container = record
+            call.container = record  # first: abandon_borrow finds the record from here on
             record.inflight[call.id] = call
             record.load[None] = 1
             record.state = ContainerState.BUSY
@@ -274,6 +276,20 @@ class Dispatcher:
             self._selector.unregister(record.conn)
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
             return record
+
+    def abandon_borrow(self, call: Call) -> None:
+        """After an interrupt anywhere on the fast path: give the container back if still lent.
+
+        The call stays on the container's books; the caller then interrupts it
+        as usual. A container answers an interrupt for a call it is not running
+        (finished, or never received because the interrupt came before the
+        send) with an interrupted result, so the books always balance.
+        """
+        with self._lock:
+            record = call.container
+            if record is not None and record.borrowed:
+                self._give_back(record)
+        self.wake()
 
     def run_borrowed(self, record: ContainerRecord, call: Call) -> None:
         """Wait on the lent container's pipe until *call* is answered, then give it back.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import itertools
 import queue
@@ -222,9 +223,27 @@ def map_calls(
             return True
         return False
 
-    while len(in_flight) < window and submit_next():
-        pass
+    with _abandoning_on_error(pool, in_flight):
+        while len(in_flight) < window and submit_next():
+            pass
     return _results(pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline)
+
+
+@contextlib.contextmanager
+def _abandoning_on_error(pool: LifecyclePool, futures: Iterable[Any]) -> Iterator[None]:
+    """If submitting the first window fails (or is interrupted), drop what was submitted.
+
+    The caller never gets the iterator, so nobody else will: a Ctrl-C landing
+    here (a busy machine can make this window long) must still stop the calls.
+    """
+    try:
+        yield
+    except BaseException as error:
+        pool._abandon(
+            [f if isinstance(f, Future) else f[0] for f in futures],
+            interrupt=isinstance(error, KeyboardInterrupt),
+        )
+        raise
 
 
 class _ChunkedMap:
@@ -266,8 +285,9 @@ class _ChunkedMap:
         self.window = pool._window(None)  # chunks in flight
         self.in_flight: collections.deque[tuple[Future[Any], list[Any], int]] = collections.deque()
         self.finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
-        while len(self.in_flight) < self.window and self.submit_next():
-            pass
+        with _abandoning_on_error(pool, self.in_flight):
+            while len(self.in_flight) < self.window and self.submit_next():
+                pass
 
     def submit_next(self) -> bool:
         arg_tuples = [tuple(args) for args in itertools.islice(self.inputs, self.size)]

@@ -247,13 +247,17 @@ class LifecyclePool(concurrent.futures.Executor):
         short (the dispatcher then finishes it); otherwise queues it as usual.
         """
         call = self._make_call(what, label, args, kwargs, None, None)
-        record = self._dispatcher.borrow(call)
-        if record is None:
-            self._submit(call)
-            return call.future
+        dispatcher = self._dispatcher
         try:
-            self._dispatcher.run_borrowed(record, call)
+            record = dispatcher.borrow(call)
+            if record is None:
+                self._submit(call)
+                return call.future
+            dispatcher.run_borrowed(record, call)
         except KeyboardInterrupt:
+            # It may land anywhere, even between lending the container and
+            # waiting on it (a busy machine makes that window long).
+            dispatcher.abandon_borrow(call)
             self._abandon([call.future], interrupt=True)
             raise
         return call.future

@@ -35,6 +35,7 @@ non-daemon threads in user code cannot keep a finished container alive.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import os
 import pickle
@@ -87,6 +88,7 @@ class _State:
 
     in_user_code = False  # main thread runs an inline call or an enter hook
     parent_gone = False
+    missed = False  # an interrupt signal came while no user code ran (see run_user)
 
 
 _state = _State()
@@ -94,6 +96,7 @@ _state = _State()
 
 def _on_interrupt_signal(signum: int, frame: object) -> None:
     if not _state.in_user_code:
+        _state.missed = True
         return
     _state.in_user_code = False  # one interrupt per call
     if _state.parent_gone:
@@ -159,6 +162,7 @@ class _Worker:
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: dict[int, concurrent.futures.Future[Any]] = {}  # calls on the loop or threads
         self._credits: dict[int, _Credit] = {}  # running streams
+        self._stash: collections.deque[bytes] = collections.deque()  # frames read ahead (run_user)
         self._batchers: dict[str, _Batcher] = {}
 
     # -- plumbing ---------------------------------------------------------
@@ -173,22 +177,45 @@ class _Worker:
             self.conn.send_bytes(data)
 
     def run_user(
-        self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        call_id: int | None = None,
     ) -> Any:
-        """Call user code on the main thread, where the parent may interrupt it."""
+        """Call user code on the main thread, where the parent may interrupt it.
+
+        The parent sends an INTERRUPT frame, then the signal. A signal that came
+        before this call's user code started (the parent interrupted a call it
+        had only just sent) was noted as missed: then the frames already
+        waiting tell whether it was meant for this call (*call_id*; None for
+        an enter hook, which only the stop of the whole pool interrupts) or for
+        one that is over.
+        """
         kwargs = kwargs or {}
-        if _hooks.is_async(func):
-            coro = func(*args, **kwargs)
-            _state.in_user_code = True
-            try:
-                return self.loop.run(coro)
-            finally:
-                _state.in_user_code = False
         _state.in_user_code = True
         try:
+            if _state.missed:
+                _state.missed = False
+                if call_id is None or self._interrupt_waiting(call_id):
+                    raise KeyboardInterrupt("interrupted by the lifepool parent")
+            if _hooks.is_async(func):
+                return self.loop.run(func(*args, **kwargs))
             return func(*args, **kwargs)
         finally:
             _state.in_user_code = False
+
+    def _interrupt_waiting(self, call_id: int) -> bool:
+        """Read the frames already waiting; whether one interrupts *call_id* (others are kept)."""
+        found = False
+        while self.conn.poll(0):
+            data = self.conn.recv_bytes()
+            tag, frame_call, _, _ = _wire.unframe(data)
+            if tag == _wire.INTERRUPT and frame_call == call_id:
+                found = True
+            else:
+                self._stash.append(data)  # serve() handles it next, in order
+        return found
 
     # -- lifecycle --------------------------------------------------------
     def enter(self, target_blob: bytes) -> None:
@@ -268,7 +295,7 @@ class _Worker:
     def run_inline(self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any) -> BaseException | None:
         """Run one call on the main thread; returns ParentExitedError if that ended it."""
         try:
-            value, ok = self.run_user(func, args, kwargs), True
+            value, ok = self.run_user(func, args, kwargs, call_id), True
         except BaseException as error:  # noqa: BLE001 - everything goes back to the caller
             value, ok = error, False
         if not ok and isinstance(value, ParentExitedError):
@@ -313,6 +340,11 @@ class _Worker:
             # in another thread), so cancel() is a no-op there and the parent's
             # grace period and SIGKILL are the backstop.
             future.cancel()
+        elif credit is None:
+            # Not running here: finished already (the parent drops this answer),
+            # or never received (a Ctrl-C cut the parent's send short): either
+            # way the parent must hear that it is over.
+            self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
 
     def run_stream(self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any) -> None:
         """Send a generator's items as they come, never more than the consumer granted."""
@@ -391,7 +423,7 @@ class _Worker:
         concurrent_mode = self.options["max_inputs"] > 1
         while True:
             try:
-                data = self.conn.recv_bytes()
+                data = self._stash.popleft() if self._stash else self.conn.recv_bytes()
             except (EOFError, OSError):
                 return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
             tag, call_id, flag, body = _wire.unframe(data)

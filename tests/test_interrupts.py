@@ -278,7 +278,7 @@ def test_notebook_interrupt_cancels_the_operation_and_keeps_the_pool(program):
         """
         p = lifepool.LifecyclePool(Worker(), containers=2)
         wait_for("enter-*", 2)
-        before = {p.pid.call() for _ in range(2)}
+        before = {int(path.name.split("-")[1]) for path in DIR.glob("enter-*")}
 
         def interrupt_when_started(count):
             wait_for("started-*", count)
@@ -294,7 +294,7 @@ def test_notebook_interrupt_cancels_the_operation_and_keeps_the_pool(program):
                 print("interrupted", flush=True)
             wait_for("finally-*", count)  # the running calls were interrupted in their containers
         after = {p.pid.call() for _ in range(20)}
-        print("same containers" if after == before else f"new containers {before} {after}", flush=True)
+        print("same containers" if after <= before else f"new containers {before} {after}", flush=True)
         print(p.work.call(0), flush=True)
         p.shutdown()
         """
