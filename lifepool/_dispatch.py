@@ -107,7 +107,7 @@ _SERVING = (ContainerState.READY, ContainerState.BUSY)
 class Call:
     """One method call on its way through the pool."""
 
-    __slots__ = ("attempts", "body", "container", "deadline", "future", "id", "kind", "label", "sink")
+    __slots__ = ("attempts", "body", "container", "future", "id", "kind", "label", "sink")
 
     def __init__(
         self,
@@ -126,7 +126,6 @@ class Call:
         self.sink = sink  # streams: receives ("item", value), ("end", None), ("error", exc)
         self.attempts = 0  # times sent to a container
         self.container: ContainerRecord | None = None
-        self.deadline: float | None = None
 
 
 class ContainerRecord:
@@ -718,8 +717,7 @@ class Dispatcher:
             record.inflight[call.id] = call
             record.load[kind] += 1
             if self.timeout is not None:
-                call.deadline = time.monotonic() + self.timeout
-                self._add_timer(call.deadline, call)
+                self._add_timer(time.monotonic() + self.timeout, call)
             if record.load[kind] >= capacity:
                 free.popleft()
                 record.offered.discard(kind)

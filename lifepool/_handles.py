@@ -385,19 +385,23 @@ def _results(
                 future = _next_finished(finished, deadline)
                 in_flight.remove(future)
             submit_next()
-            error = future.exception()
-            if error is None:
-                yield future.result()
-            elif return_exceptions:
-                yield error
-            else:
-                raise error
+            yield _outcome(future, return_exceptions)
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         if in_flight:
             pool._abandon(list(in_flight), interrupt=interrupted)
+
+
+def _outcome(future: Future[Any], return_exceptions: bool) -> Any:
+    """What ``map`` gives for a finished call: its value, or its error (yielded or raised)."""
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if return_exceptions:
+        return error
+    raise error
 
 
 def _wait_done(future: Future[Any], deadline: float | None) -> None:
@@ -449,14 +453,7 @@ async def _amap(
                 entry = next(e for e in in_flight if e[1] in done)
             in_flight.remove(entry)
             await submit_next()
-            future = entry[0]
-            error = future.exception()
-            if error is None:
-                yield future.result()
-            elif return_exceptions:
-                yield error
-            else:
-                raise error
+            yield _outcome(entry[0], return_exceptions)
     except (asyncio.CancelledError, KeyboardInterrupt):
         interrupted = True
         raise
