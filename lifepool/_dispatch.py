@@ -331,6 +331,11 @@ class Dispatcher:
         if record.dead_while_borrowed:
             self.commands.append(("reap", record))
 
+    @property
+    def aborting(self) -> bool:
+        """Stopping on an interrupt (queued calls dropped, running ones interrupted)."""
+        return self._abort
+
     def refuse(self, make_error: Callable[[], BaseException]) -> None:
         """From now on, submit() raises ``make_error()`` (the first reason given wins)."""
         with self._submit_lock:

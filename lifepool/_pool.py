@@ -376,6 +376,11 @@ def _at_interpreter_exit() -> None:
     with _live_lock:
         dispatchers = list(_live)
     for dispatcher in dispatchers:
+        if aborting and dispatcher.aborting:
+            # Already stopping on an interrupt, yet the program is ending on one:
+            # a second Ctrl-C cut that stop short. It means "now", as in _wait_closed.
+            logger.warning("lifepool pool %r: interrupted again; killing the containers now", dispatcher.name)
+            dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
         dispatcher.shutdown(uncaught is not None, exit_blob, aborting)
     for dispatcher in dispatchers:
         try:
