@@ -220,7 +220,14 @@ class LifecyclePool(concurrent.futures.Executor):
         # The block is raising: queued calls are dropped, running ones finish
         # (a KeyboardInterrupt interrupts them), and every exit hook gets exc.
         aborting = isinstance(exc, KeyboardInterrupt)
-        self._request_shutdown(cancel_futures=True, exit_exc=exc, abort=aborting)
+        try:
+            self._request_shutdown(cancel_futures=True, exit_exc=exc, abort=aborting)
+        except KeyboardInterrupt:
+            # Interrupted again while asking the pool to stop: stop it now. Like
+            # any Ctrl-C during the wait below, it is folded into exc (one traceback).
+            self._dispatcher.shutdown(True, None, True)
+            self._dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
+            aborting = True
         self._wait_closed(aborting=aborting)  # a Ctrl-C here is folded into exc
         for error in self._take_exit_errors():
             exc.add_note(f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
