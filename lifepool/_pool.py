@@ -93,7 +93,7 @@ class LifecyclePool(concurrent.futures.Executor):
         max_calls_per_container: int | None = None,
         handle_sigterm: bool = True,
     ) -> None:
-        self._dispatcher: Dispatcher | None = None  # set last: __del__ and __getattr__ look for it
+        self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         cls = target if isinstance(target, type) else type(target)
         if containers is None:
             containers = loky.cpu_count()

@@ -276,3 +276,10 @@ def test_an_exit_hook_past_the_grace_period_is_killed_and_reported(hookdir, capl
     assert "killed (SIGKILL)" in str(error) and "exit_grace_period=0.5" in str(error)
     assert f"killing container 0 (pid {pid})" in caplog.text
     assert_gone([pid])
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_standard_library_start_methods(hookdir, start_method):
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=1, start_method=start_method) as pool:
+        assert pool.double.call(21) == 42
+    assert len(markers(hookdir, "exit")) == 1
