@@ -262,7 +262,7 @@ class _ChunkedMap:
     """
 
     CHUNK_SECONDS = 0.005
-    MAX_CHUNK = 1024
+    MAX_CHUNK = 4096
 
     def __init__(
         self,
@@ -290,7 +290,7 @@ class _ChunkedMap:
                 pass
 
     def submit_next(self) -> bool:
-        arg_tuples = [tuple(args) for args in itertools.islice(self.inputs, self.size)]
+        arg_tuples = list(itertools.islice(self.inputs, self.size))  # each one unpacked in the container
         if not arg_tuples:
             return False
         partial: list[Any] = []
