@@ -133,15 +133,6 @@ class Terminated(KeyboardInterrupt):
 
 # Show the public names in tracebacks ("lifepool.EnterError"); pickling finds
 # them there too, since the package re-exports every one.
-for _cls in (
-    CallTimeoutError,
-    ContainerCrashedError,
-    EnterError,
-    ExitHookError,
-    LifepoolError,
-    ParentExitedError,
-    RemoteError,
-    Terminated,
-):
-    _cls.__module__ = "lifepool"
-del _cls
+for _name in __all__:
+    globals()[_name].__module__ = "lifepool"
+del _name
