@@ -24,9 +24,11 @@ are safe for that) and write one byte to the wake-up pipe.
 The fast path (``borrow``/``run_borrowed``): a blocking ``.call`` that finds
 an idle container (one call per container, nothing queued, no timeout) takes
 that container for the length of the call. Under the lock it records the
-call as in flight, stops the dispatcher from watching the container's pipe,
-and sends the call; then it waits for the answer on the pipe itself, and
-gives the container back under the lock. That saves two thread hand-offs per
+call as in flight and sends it; then it waits for the answer on the pipe
+itself, and gives the container back under the lock. The dispatcher watches
+a container's pipe only while it expects a message from it (see ``_watch``):
+an idle container's pipe is not in its selector, so lending one and giving
+it back cost no system call beyond the write and the reads. That saves two thread hand-offs per
 round trip, which is most of a call's cost. Everything else (crashes,
 interrupts, shutdown) still goes through the dispatcher: a container that dies
 while borrowed is reaped when it is given back. It never polls: it
@@ -105,27 +107,43 @@ _SERVING = (ContainerState.READY, ContainerState.BUSY)
 
 
 class Call:
-    """One method call on its way through the pool."""
+    """One method call on its way through the pool.
 
-    __slots__ = ("attempts", "body", "container", "future", "id", "kind", "label", "sink")
+    Its Future is made on first use. A blocking ``.call`` that runs on a
+    borrowed container and ends normally never needs one (see
+    :meth:`Dispatcher.run_borrowed`); every other path (queued calls, errors
+    on the way, interrupts, crashes) makes it, under the tables' lock or
+    before the call is shared.
+    """
+
+    __slots__ = ("_future", "attempts", "body", "container", "id", "kind", "label", "sink")
 
     def __init__(
         self,
         call_id: int,
-        future: Future[Any],
         body: bytes,
         label: str,
         kind: str | None = None,
         sink: Callable[[tuple[str, Any]], None] | None = None,
     ) -> None:
         self.id = call_id
-        self.future = future
+        self._future: Future[Any] | None = None
         self.body = body  # dumps((name or callable, args, kwargs)), made by the caller
         self.label = label  # "Model.predict", for error notes
         self.kind = kind  # None, or the name of a @batched method (its own capacity)
         self.sink = sink  # streams: receives ("item", value), ("end", None), ("error", exc)
         self.attempts = 0  # times sent to a container
         self.container: ContainerRecord | None = None
+
+    @property
+    def future(self) -> Future[Any]:
+        future = self._future
+        if future is None:
+            future = self._future = Future()
+            future._lifepool_call = self  # type: ignore[attr-defined]  # for LifecyclePool._abandon
+            if self.attempts:
+                future.set_running_or_notify_cancel()  # (sent already: a borrowed call)
+        return future
 
 
 class ContainerRecord:
@@ -149,6 +167,7 @@ class ContainerRecord:
         self.kill_reason = ""
         self.exit_errors: list[BaseException] = []
         self.borrowed = False  # lent to a caller thread for one call (the fast path)
+        self.watched = False  # its pipe is in the dispatcher's selector (see Dispatcher._watch)
         self.dead_while_borrowed = False
 
     def describe(self) -> str:
@@ -265,14 +284,17 @@ class Dispatcher:
                 return None
             free.popleft()
             record.offered.discard(None)
-            call.future.set_running_or_notify_cancel()
+            if call._future is not None:
+                call._future.set_running_or_notify_cancel()
             call.attempts = 1
             call.container = record  # first: abandon_borrow finds the record from here on
             record.inflight[call.id] = call
             record.load[None] = 1
             record.state = ContainerState.BUSY
             record.borrowed = True
-            self._selector.unregister(record.conn)
+            if record.watched:
+                record.watched = False
+                self._selector.unregister(record.conn)
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
             return record
 
@@ -285,51 +307,83 @@ class Dispatcher:
         send) with an interrupted result, so the books always balance.
         """
         with self._lock:
+            call.future  # noqa: B018 - made here, under the lock, if it was not yet
             record = call.container
             if record is not None and record.borrowed:
                 self._give_back(record)
         self.wake()
 
-    def run_borrowed(self, record: ContainerRecord, call: Call) -> None:
+    def run_borrowed(self, record: ContainerRecord, call: Call) -> tuple[bool, Any]:
         """Wait on the lent container's pipe until *call* is answered, then give it back.
 
-        The container is given back under the lock *before* the answer is
-        processed (processing offers it to other calls). A KeyboardInterrupt
-        gives it back with the call still in flight, and the dispatcher reads
-        the answer; so does a dying container, which the dispatcher reaps.
+        Returns ``(True, value)`` for a call answered with a value,
+        ``(False, exception)`` for one answered with an error; and
+        ``(False, None)`` when the call's Future tells the outcome instead
+        (the container died, or something else made and completed the Future
+        meanwhile). The answer is taken off the books and the container given
+        back in one hold of the lock; it is decoded after. A KeyboardInterrupt
+        gives the container back with the call still in flight, and the
+        dispatcher reads the answer; so does a dying container, which the
+        dispatcher reaps.
         """
+        recv = record.conn.recv_bytes
         try:
             while True:
                 try:
-                    data: bytes | None = record.conn.recv_bytes()
+                    data: bytes | None = recv()
                 except (EOFError, OSError):
                     data = None
                 with self._lock:
                     if data is None:
                         self._give_back(record)
                         break
-                    tag, call_id, _, _ = _wire.unframe(data)
-                    last = tag == _wire.RESULT and call_id == call.id
-                    if last:
+                    tag, call_id, ok, body = _wire.unframe(data)
+                    if tag != _wire.RESULT or call_id != call.id:
+                        self._message(record, data)  # (a late answer to an earlier, abandoned call)
+                        continue
+                    if call._future is not None:  # the slow way: the Future is completed
+                        self._message(record, data)
                         self._give_back(record)
-                    self._message(record, data)
-                    if last:
                         break
+                    del record.inflight[call_id]
+                    record.calls_done += 1
+                    self._release_slot(record, call)
+                    self._give_back(record)
+                if self.commands or self._any_pending():
+                    self.wake()
+                return _decode_answer(call, record, ok, body)
         except BaseException:
             with self._lock:
+                call.future  # noqa: B018 - the dispatcher finishes it from here on
                 if record.borrowed:
                     self._give_back(record)
             self.wake()
             raise
         if self.commands or self._any_pending():
             self.wake()
+        return False, None
 
     def _give_back(self, record: ContainerRecord) -> None:
         record.borrowed = False
-        if record.conn is not None:
-            self._selector.register(record.conn, selectors.EVENT_READ, ("conn", record))
+        if record.inflight or record.state is not ContainerState.READY:
+            # An answer is still due (an interrupted wait), or the container is
+            # leaving: the dispatcher reads from here on. An idle container
+            # stays unwatched: it sends nothing until it is sent a call.
+            self._watch(record)
         if record.dead_while_borrowed:
             self.commands.append(("reap", record))
+
+    def _watch(self, record: ContainerRecord) -> None:
+        """Have the dispatcher read *record*'s pipe (it expects a message).
+
+        A container's pipe is watched from its start until a caller borrows it,
+        and again once the dispatcher sends it anything; an idle container's
+        pipe stays unwatched, so borrowing it and giving it back cost no
+        selector calls (two system calls a round trip).
+        """
+        if not record.watched and not record.borrowed and record.conn is not None:
+            record.watched = True
+            self._selector.register(record.conn, selectors.EVENT_READ, ("conn", record))
 
     @property
     def aborting(self) -> bool:
@@ -442,7 +496,7 @@ class Dispatcher:
         record.process = process
         record.conn = parent_conn
         record.pid = process.pid
-        self._selector.register(parent_conn, selectors.EVENT_READ, ("conn", record))
+        self._watch(record)
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", record))
         if generation:
             logger.info("lifepool pool %r: started replacement container %d (pid %d)", self.name, index, record.pid)
@@ -466,7 +520,9 @@ class Dispatcher:
 
     def _unwatch_conn(self, record: ContainerRecord) -> None:
         if record.conn is not None:
-            self._selector.unregister(record.conn)
+            if record.watched:
+                record.watched = False
+                self._selector.unregister(record.conn)
             record.conn.close()
             record.conn = None
 
@@ -591,6 +647,8 @@ class Dispatcher:
     def _send(self, record: ContainerRecord, data: bytes) -> bool:
         if record.conn is None:
             return False
+        if not record.watched:
+            self._watch(record)  # (not while lent: the borrower reads the answer)
         try:
             record.conn.send_bytes(data)
             return True
@@ -856,6 +914,19 @@ class Dispatcher:
                     record.process.join()
                 except (ProcessLookupError, AttributeError):
                     pass
+
+
+def _decode_answer(call: Call, record: ContainerRecord, ok: int, body: memoryview) -> tuple[bool, Any]:
+    """A RESULT's outcome, as Dispatcher._result would set it on the Future."""
+    if ok:
+        try:
+            return True, _wire.loads(body)
+        except BaseException as error:  # noqa: BLE001
+            return False, _undecodable(call, error)
+    error = _wire.load_exception(bytes(body))
+    if not isinstance(error, LifepoolError):
+        error.add_note(f"lifepool: raised in {record.describe()} by {call.label}")
+    return False, error
 
 
 def _undecodable(call: Call, error: BaseException) -> RemoteError:

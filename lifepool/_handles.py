@@ -31,7 +31,7 @@ import inspect
 import itertools
 import queue
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +88,14 @@ class _Call:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         method = self._method
-        method._not_a_generator("call")
-        return wait_for(method._pool, lambda: method._pool._spawn_fast(method.name, method.label, args, kwargs))
+        if method.is_generator:
+            method._not_a_generator("call")
+        ok, outcome = method._pool._run_blocking(method.name, method.label, args, kwargs)
+        if ok:
+            return outcome
+        # Raised from here, the traceback reads: your line, this one, then the
+        # container's frames.
+        raise outcome
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         return await await_future(self._method._pool, self._method.spawn(*args, **kwargs))
@@ -160,28 +166,6 @@ class _Stream:
 
         future = self._start(args, kwargs, sink)
         return _astream(self._method._pool, future, items.get)
-
-
-def wait_for(pool: LifecyclePool, spawn: Callable[[], Future[Any]]) -> Any:
-    """Start a call and block on it; a KeyboardInterrupt cancels the call and leaves the pool alive.
-
-    The call is started inside the ``try``: an interrupt that lands just after
-    the call was queued (a busy machine can make that window long) must still
-    cancel it.
-    """
-    future = None
-    try:
-        future = spawn()
-        error = future.exception()
-    except KeyboardInterrupt:
-        if future is not None:
-            pool._abandon([future], interrupt=True)
-        raise
-    if error is not None:
-        # Raised from here, the traceback reads: your line, then the container's
-        # frames (future.result() would add concurrent.futures' frames between).
-        raise error
-    return future.result()
 
 
 async def await_future(pool: LifecyclePool, future: Future[Any]) -> Any:

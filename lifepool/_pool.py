@@ -247,27 +247,32 @@ class LifecyclePool(concurrent.futures.Executor):
         self._submit(call)
         return call.future
 
-    def _spawn_fast(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        """For a blocking call: run it on a borrowed idle container if there is one (see _dispatch).
+    def _run_blocking(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        """A blocking call: ``(True, value)`` or ``(False, exception)``.
 
-        Returns a future that is done, or still running if the wait was cut
-        short (the dispatcher then finishes it); otherwise queues it as usual.
+        It runs on a borrowed idle container if there is one (see _dispatch),
+        else it is queued and waited for. A KeyboardInterrupt cancels the call
+        (interrupts it if it runs) and leaves the pool alive.
         """
-        call = self._make_call(what, label, args, kwargs, None, None)
+        call = self._make_call(what, label, args, kwargs, None, None, eager=False)
         dispatcher = self._dispatcher
         try:
             record = dispatcher.borrow(call)
             if record is None:
                 self._submit(call)
-                return call.future
-            dispatcher.run_borrowed(record, call)
+            else:
+                ok, outcome = dispatcher.run_borrowed(record, call)
+                if ok or outcome is not None:
+                    return ok, outcome
+            future = call.future
+            error = future.exception()
         except KeyboardInterrupt:
             # It may land anywhere, even between lending the container and
             # waiting on it (a busy machine makes that window long).
             dispatcher.abandon_borrow(call)
             self._abandon([call.future], interrupt=True)
             raise
-        return call.future
+        return (False, error) if error is not None else (True, future.result())
 
     def _make_call(
         self,
@@ -277,18 +282,21 @@ class LifecyclePool(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         kind: str | None,
         sink: Callable[[tuple[str, Any]], None] | None,
+        *,
+        eager: bool = True,
     ) -> Call:
+        """Encode a call; with *eager*, make its Future now (it is returned to a caller)."""
         try:
             body = _wire.dumps((what, args, kwargs))
         except Exception as error:
             error.add_note(f"lifepool: the arguments of {label} could not be pickled")
             raise
-        future: Future[Any] = Future()
-        call = Call(next(_call_ids), future, body, label, kind, sink)
-        future._lifepool_call = call  # type: ignore[attr-defined]  # for _abandon
+        call = Call(next(_call_ids), body, label, kind, sink)
         if _wire.has_segments(body):
             # The body's shared memory lives until the call is over (it may be retried).
-            future.add_done_callback(lambda _: _wire.discard(body))
+            call.future.add_done_callback(lambda _: _wire.discard(body))
+        elif eager:
+            call.future  # noqa: B018
         return call
 
     def _submit(self, call: Call) -> None:
