@@ -155,6 +155,7 @@ class ContainerRecord:
         self.state = ContainerState.STARTING
         self.process: Any = None
         self.conn: Any = None
+        self.fd = -1  # conn's file descriptor, read and written with _wire.recv_bytes/send_bytes
         self.pid: int | None = None
         self.inflight: dict[int, Call] = {}
         self.load: dict[str | None, int] = collections.defaultdict(int)  # in-flight calls per kind
@@ -326,11 +327,12 @@ class Dispatcher:
         dispatcher reads the answer; so does a dying container, which the
         dispatcher reaps.
         """
-        recv = record.conn.recv_bytes
+        fd = record.fd
+        recv = _wire.recv_bytes
         try:
             while True:
                 try:
-                    data: bytes | None = recv()
+                    data: bytes | bytearray | None = recv(fd)
                 except (EOFError, OSError):
                     data = None
                 with self._lock:
@@ -495,6 +497,7 @@ class Dispatcher:
         child_conn.close()
         record.process = process
         record.conn = parent_conn
+        record.fd = parent_conn.fileno()
         record.pid = process.pid
         self._watch(record)
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", record))
@@ -508,7 +511,7 @@ class Dispatcher:
         """
         try:
             while True:
-                data = record.conn.recv_bytes()
+                data = _wire.recv_bytes(record.fd)
                 self._message(record, data)
                 # (no conn.poll() on the hot path: each call builds a new selector)
                 if not drain or record.conn is None or not record.conn.poll():
@@ -650,7 +653,7 @@ class Dispatcher:
         if not record.watched:
             self._watch(record)  # (not while lent: the borrower reads the answer)
         try:
-            record.conn.send_bytes(data)
+            _wire.send_bytes(record.fd, data)
             return True
         except OSError:
             return False  # it is dying; its sentinel will tell

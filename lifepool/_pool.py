@@ -161,7 +161,11 @@ class LifecyclePool(concurrent.futures.Executor):
                 f"{type(self).__name__!r} object has no attribute {name!r}"
                 + ("" if name.startswith("__") else " (private names are not remote methods)")
             )
-        return self.method(name)
+        handle = self.method(name)
+        # Found by plain attribute lookup from now on (__getattr__ only runs
+        # for names the pool itself does not have, so nothing is hidden).
+        self.__dict__[name] = handle
+        return handle
 
     def method(self, name: str) -> RemoteMethod:
         """The handle of the target's public method *name* (also those the pool's own names hide)."""

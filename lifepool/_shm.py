@@ -505,6 +505,7 @@ def _short_unicode(text: str) -> bytes:
 _BINBYTES8 = b"\x8e"
 # PROTO 5, the global _decode (STACK_GLOBAL); then come its three bytes arguments, TUPLE3, REDUCE, STOP.
 _MESSAGE_START = b"\x80\x05" + _short_unicode(__name__) + _short_unicode(_decode.__name__) + b"\x93"
+_START_LEN = len(_MESSAGE_START)
 
 
 def _names(buffer_entries: list, object_entries: list) -> list[str]:
@@ -563,7 +564,7 @@ def segment_names(data: bytes | memoryview) -> list[str]:
 
 def has_segments(data: bytes | memoryview) -> bool:
     """Whether *data* is a message with shared-memory segments (cheap: a prefix test)."""
-    return memoryview(data)[: len(_MESSAGE_START)] == _MESSAGE_START
+    return data[:_START_LEN] == _MESSAGE_START  # (bytes or memoryview: no copy either way)
 
 
 def discard(data: bytes | memoryview) -> int:

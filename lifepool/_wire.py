@@ -24,6 +24,7 @@ notes through :mod:`tblib`; one that cannot make the trip becomes a
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import traceback
@@ -68,6 +69,63 @@ def unframe(data: bytes) -> tuple[int, int, int, memoryview]:
 
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# Frames travel with multiprocessing.connection's framing (a signed 4-byte
+# big-endian length, or -1 and an 8-byte length past 2 GiB), so either side
+# may use Connection.recv_bytes/send_bytes; these two do the same with less
+# Python in between (the round trip of a call is mostly such overhead).
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+_SMALL = 1 << 16  # messages below this are written with their header in one write()
+
+
+def send_bytes(fd: int, data: bytes) -> None:
+    """Write one message to the blocking socket *fd* (raises OSError if it is closed)."""
+    size = len(data)
+    head = _LENGTH.pack(size) if size <= 0x7FFFFFFF else _LENGTH.pack(-1) + _LONG_LENGTH.pack(size)
+    if size < _SMALL:
+        data = head + data
+        if os.write(fd, data) == len(data):
+            return
+        _write_all(fd, memoryview(data))  # (a signal cut the write short)
+    else:
+        _write_all(fd, memoryview(head))
+        _write_all(fd, memoryview(data).cast("B"))
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def recv_bytes(fd: int) -> bytes | bytearray:
+    """Read one message from the blocking socket *fd*; EOFError when the other end closed it."""
+    (size,) = _LENGTH.unpack(_read(fd, 4))
+    if size == -1:
+        (size,) = _LONG_LENGTH.unpack(_read(fd, 8))
+    return _read(fd, size)
+
+
+def _read(fd: int, size: int) -> bytes | bytearray:
+    if size < _SMALL:
+        data = os.read(fd, size)
+        if len(data) == size:
+            return data
+        if not data and size:
+            raise EOFError
+        buffer = bytearray(size)
+        buffer[: len(data)] = data
+        got = len(data)
+    else:  # read in place: no huge temporary per partial read
+        buffer = bytearray(size)
+        got = 0
+    view = memoryview(buffer)
+    while got < size:
+        count = os.readv(fd, [view[got:]])
+        if not count:
+            raise EOFError
+        got += count
+    return buffer
 
 
 class Chunk:

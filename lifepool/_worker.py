@@ -153,6 +153,7 @@ async def _signal_when_done(coro: Any, done: threading.Event) -> Any:
 class _Worker:
     def __init__(self, conn: Any, index: int, options: dict[str, Any]) -> None:
         self.conn = conn
+        self.fd = conn.fileno()
         self.index = index
         self.options = options
         self.instance: Any = None
@@ -164,6 +165,7 @@ class _Worker:
         self._credits: dict[int, _Credit] = {}  # running streams
         self._stash: collections.deque[bytes] = collections.deque()  # frames read ahead (run_user)
         self._batchers: dict[str, _Batcher] = {}
+        self._how: dict[str, str] = {}  # method name -> how it runs (see how_to_run), found once
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -174,7 +176,7 @@ class _Worker:
 
     def send(self, data: bytes) -> None:
         with self._send_lock:
-            self.conn.send_bytes(data)
+            _wire.send_bytes(self.fd, data)
 
     def run_user(
         self,
@@ -182,6 +184,7 @@ class _Worker:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         call_id: int | None = None,
+        is_async: bool | None = None,
     ) -> Any:
         """Call user code on the main thread, where the parent may interrupt it.
 
@@ -193,23 +196,26 @@ class _Worker:
         one that is over.
         """
         kwargs = kwargs or {}
-        _state.in_user_code = True
+        state = _state
+        state.in_user_code = True
         try:
-            if _state.missed:
-                _state.missed = False
+            if state.missed:
+                state.missed = False
                 if call_id is None or self._interrupt_waiting(call_id):
                     raise KeyboardInterrupt("interrupted by the lifepool parent")
-            if _hooks.is_async(func):
+            if is_async is None:
+                is_async = _hooks.is_async(func)
+            if is_async:
                 return self.loop.run(func(*args, **kwargs))
             return func(*args, **kwargs)
         finally:
-            _state.in_user_code = False
+            state.in_user_code = False
 
     def _interrupt_waiting(self, call_id: int) -> bool:
         """Read the frames already waiting; whether one interrupts *call_id* (others are kept)."""
         found = False
         while self.conn.poll(0):
-            data = self.conn.recv_bytes()
+            data = _wire.recv_bytes(self.fd)
             tag, frame_call, _, _ = _wire.unframe(data)
             if tag == _wire.INTERRUPT and frame_call == call_id:
                 found = True
@@ -269,9 +275,30 @@ class _Worker:
     def resolve(self, body: memoryview) -> tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         # The parent may send this body again (a retry after a crash): keep its
         # shared-memory segments; the parent unlinks them when the call is over.
-        what, args, kwargs = _wire.loads_keeping(body)
-        func = getattr(self.instance, what) if isinstance(what, str) else what
+        if _wire.has_segments(body):
+            what, args, kwargs = _wire.loads_keeping(body)
+        else:
+            what, args, kwargs = _wire.loads(body)
+        func = getattr(self.instance, what) if what.__class__ is str else what
         return what, func, args, kwargs
+
+    def how_to_run(self, what: Any, func: Callable[..., Any]) -> str:
+        """ "chunk", "batched", "stream", "async" or "sync"; found once per method name."""
+        if what.__class__ is str:
+            how = self._how.get(what)
+            if how is None:
+                how = self._how[what] = self._classify(what, func)
+            return how
+        if isinstance(what, _wire.Chunk):
+            return "chunk"
+        return self._classify(None, func)
+
+    def _classify(self, name: str | None, func: Callable[..., Any]) -> str:
+        if name is not None and name in self.info.batched:
+            return "batched"
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            return "stream"
+        return "async" if _hooks.is_async(func) else "sync"
 
     def result_frame(self, call_id: int, ok: bool, value: Any) -> bytes:
         if ok:
@@ -292,10 +319,12 @@ class _Worker:
         except OSError:
             pass
 
-    def run_inline(self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any) -> BaseException | None:
+    def run_inline(
+        self, call_id: int, func: Callable[..., Any], args: Any, kwargs: Any, is_async: bool | None = None
+    ) -> BaseException | None:
         """Run one call on the main thread; returns ParentExitedError if that ended it."""
         try:
-            value, ok = self.run_user(func, args, kwargs, call_id), True
+            value, ok = self.run_user(func, args, kwargs, call_id, is_async), True
         except BaseException as error:  # noqa: BLE001 - everything goes back to the caller
             value, ok = error, False
         if not ok and isinstance(value, ParentExitedError):
@@ -426,33 +455,37 @@ class _Worker:
         concurrent_mode = self.options["max_inputs"] > 1
         while True:
             try:
-                data = self._stash.popleft() if self._stash else self.conn.recv_bytes()
+                data = self._stash.popleft() if self._stash else _wire.recv_bytes(self.fd)
             except (EOFError, OSError):
                 return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
             tag, call_id, flag, body = _wire.unframe(data)
             if tag == _wire.CALL:
                 try:
                     what, func, args, kwargs = self.resolve(body)
+                    how = self.how_to_run(what, func)
                 except BaseException as error:  # noqa: BLE001
                     self.send_result(call_id, False, error)
                     continue
-                if isinstance(what, _wire.Chunk):
+                if how == "sync" and not concurrent_mode:
+                    gone = self.run_inline(call_id, func, args, kwargs, False)
+                elif how == "chunk":
                     if concurrent_mode:
                         self.start_concurrent(call_id, self.run_chunk, (call_id, what), {})
-                    else:
-                        gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {})
-                        if gone is not None:
-                            return gone
-                elif isinstance(what, str) and what in self.info.batched:
+                        continue
+                    gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {}, False)
+                elif how == "batched":
                     self.batcher(what).add(call_id, args, kwargs)
-                elif inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+                    continue
+                elif how == "stream":
                     self.threads.submit(self.run_stream, call_id, func, args, kwargs)
+                    continue
                 elif concurrent_mode:
                     self.start_concurrent(call_id, func, args, kwargs)
+                    continue
                 else:
-                    gone = self.run_inline(call_id, func, args, kwargs)
-                    if gone is not None:
-                        return gone
+                    gone = self.run_inline(call_id, func, args, kwargs, True)
+                if gone is not None:
+                    return gone
             elif tag == _wire.CREDIT:
                 credit = self._credits.get(call_id)
                 if credit is not None:
