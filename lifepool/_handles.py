@@ -111,12 +111,13 @@ class _Map:
     def __call__(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
         method = self._method
         method._not_a_generator("starmap" if self._star else "map")
-        arg_tuples = self._arg_tuples(iterables)
+        single = not self._star and len(iterables) == 1
         return map_calls(
             method._pool,
             method.name,
             method.label,
-            arg_tuples,
+            iterables[0] if single else self._arg_tuples(iterables),
+            single=single,
             kind=method._kind,
             chunkable=not method.is_async,
             order_outputs=order_outputs,
@@ -181,26 +182,31 @@ def map_calls(
     pool: LifecyclePool,
     what: Any,
     label: str,
-    arg_tuples: Iterable[Iterable[Any]],
+    arg_tuples: Iterable[Any],
     *,
+    single: bool = False,
     kind: str | None = None,
     chunkable: bool = False,
     order_outputs: bool = True,
     return_exceptions: bool = False,
     timeout: float | None = None,
 ) -> Iterator[Any]:
-    """Submit calls lazily with a bounded window; the first window starts now, not at first ``next``."""
+    """Submit calls lazily with a bounded window; the first window starts now, not at first ``next``.
+
+    *arg_tuples* yields argument tuples, or with *single* the one argument of each call.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     inputs = iter(arg_tuples)
     if chunkable and kind is None and pool._can_chunk():
-        return _ChunkedMap(pool, what, label, inputs, order_outputs, return_exceptions, deadline).results()
+        chunked = _ChunkedMap(pool, what, label, inputs, single, order_outputs, return_exceptions, deadline)
+        return chunked.results()
     window = pool._window(kind)
     in_flight: collections.deque[Future[Any]] = collections.deque()
     finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
     def submit_next() -> bool:
         for args in inputs:
-            future = pool._spawn(what, label, tuple(args), {}, kind)
+            future = pool._spawn(what, label, (args,) if single else tuple(args), {}, kind)
             if not order_outputs:
                 future.add_done_callback(finished.put)
             in_flight.append(future)
@@ -236,9 +242,13 @@ class _ChunkedMap:
     Sending each tiny input as its own call costs a round trip per input; a
     chunk of inputs costs one. The chunk size adapts: the first chunks hold one
     input; after each chunk the container reports how long its inputs took,
-    and later chunks hold about CHUNK_SECONDS worth of inputs (at most
-    MAX_CHUNK). The values of a chunk travel as one pickle. Inputs that each take longer than CHUNK_SECONDS stay one per
-    call. Each input keeps its own result or error. A chunk whose container
+    and later chunks hold about CHUNK_SECONDS worth of inputs, at most
+    MAX_CHUNK of them and at most about CHUNK_BYTES of pickled inputs or
+    results (big inputs make small chunks). The values of a chunk travel as one
+    pickle. Inputs that each take longer than CHUNK_SECONDS stay one per
+    call. ``map`` over one iterable sends the inputs themselves, not a
+    one-argument tuple each; the container runs a chunk through the built-in
+    ``map``/``itertools.starmap`` in runs, at C speed. Each input keeps its own result or error. A chunk whose container
     dies fails only the inputs whose outcomes had not come back yet (the
     container sends finished outcomes every few milliseconds). Chunking is
     used only when the pool has no ``timeout`` and no ``retries``, whose
@@ -246,7 +256,8 @@ class _ChunkedMap:
     """
 
     CHUNK_SECONDS = 0.005
-    MAX_CHUNK = 4096
+    MAX_CHUNK = 16384
+    CHUNK_BYTES = 4 << 20
 
     def __init__(
         self,
@@ -254,6 +265,7 @@ class _ChunkedMap:
         what: Any,
         label: str,
         inputs: Iterator[Any],
+        single: bool,
         order_outputs: bool,
         return_exceptions: bool,
         deadline: float | None,
@@ -262,10 +274,12 @@ class _ChunkedMap:
         self.what = what
         self.label = label
         self.inputs = inputs
+        self.single = single  # inputs are single arguments, not argument tuples
         self.order_outputs = order_outputs
         self.return_exceptions = return_exceptions
         self.deadline = deadline
         self.size = 1
+        self.byte_limit = self.MAX_CHUNK  # inputs per chunk that stay under CHUNK_BYTES, as seen so far
         self.window = pool._window(None)  # chunks in flight
         self.in_flight: collections.deque[tuple[Future[Any], list[Any], int]] = collections.deque()
         self.finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
@@ -274,8 +288,8 @@ class _ChunkedMap:
                 pass
 
     def submit_next(self) -> bool:
-        arg_tuples = list(itertools.islice(self.inputs, self.size))  # each one unpacked in the container
-        if not arg_tuples:
+        inputs = list(itertools.islice(self.inputs, self.size))  # argument tuples are unpacked in the container
+        if not inputs:
             return False
         partial: list[Any] = []
 
@@ -283,10 +297,12 @@ class _ChunkedMap:
             if message[0] == "item":
                 partial.append(message[1])  # one segment of outcomes
 
-        future = self.pool._spawn(_wire.Chunk(self.what, arg_tuples), self.label, (), {}, None, sink)
+        chunk = _wire.Chunk(self.what, inputs, star=not self.single)
+        future = self.pool._spawn(chunk, self.label, (), {}, None, sink)
+        self.limit_bytes(len(future._lifepool_call.body), len(inputs))  # type: ignore[attr-defined]
         if not self.order_outputs:
             future.add_done_callback(self.finished.put)
-        self.in_flight.append((future, partial, len(arg_tuples)))
+        self.in_flight.append((future, partial, len(inputs)))
         return True
 
     def results(self) -> Iterator[Any]:
@@ -326,8 +342,10 @@ class _ChunkedMap:
         if error is None:
             ran, seconds, last = future.result()
             segments.append(last)
+            self.limit_bytes(sum(len(blob) for blob, _ in segments), count)
             per_input = seconds / max(ran, 1)
-            self.size = max(1, min(self.MAX_CHUNK, int(self.CHUNK_SECONDS / max(per_input, 1e-7))))
+            by_time = int(self.CHUNK_SECONDS / max(per_input, 1e-7))
+            self.size = max(1, min(self.MAX_CHUNK, self.byte_limit, by_time))
         values: list[Any] = []
         failed: set[int] = set()
         for values_blob, errors in segments:
@@ -340,6 +358,11 @@ class _ChunkedMap:
         failed.update(range(len(values), count))
         values.extend(error for _ in range(count - len(values)))
         return values, failed
+
+    def limit_bytes(self, size: int, count: int) -> None:
+        """Keep chunks under CHUNK_BYTES, given *count* inputs (or results) that took *size* bytes."""
+        self.byte_limit = min(self.byte_limit, max(1, self.CHUNK_BYTES * count // max(size, 1)))
+        self.size = min(self.size, self.byte_limit)
 
     def error(self, future: Future[Any], exc: BaseException) -> BaseException:
         if not isinstance(exc, LifepoolError):

@@ -193,8 +193,15 @@ class LifecyclePool(concurrent.futures.Executor):
         """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
+        single = len(iterables) == 1
         return map_calls(
-            self, fn, _label(fn), zip(*iterables), chunkable=not inspect.iscoroutinefunction(fn), timeout=timeout
+            self,
+            fn,
+            _label(fn),
+            iterables[0] if single else zip(*iterables),
+            single=single,
+            chunkable=not inspect.iscoroutinefunction(fn),
+            timeout=timeout,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -129,16 +129,21 @@ def _read(fd: int, size: int) -> bytes | bytearray:
 
 
 class Chunk:
-    """Several inputs of one method (or callable), run one after the other as one call (map's chunks)."""
+    """Several inputs of one method (or callable), run one after the other as one call (map's chunks).
 
-    __slots__ = ("arg_tuples", "what")
+    With *star*, each input is a tuple of arguments; otherwise it is the one
+    argument (``map`` over one iterable: no tuple per input to build and pickle).
+    """
 
-    def __init__(self, what, arg_tuples: list[tuple]) -> None:
+    __slots__ = ("inputs", "star", "what")
+
+    def __init__(self, what, inputs: list, star: bool = True) -> None:
         self.what = what  # method name, or a callable
-        self.arg_tuples = arg_tuples
+        self.inputs = inputs
+        self.star = star
 
     def __reduce__(self):
-        return (Chunk, (self.what, self.arg_tuples))
+        return (Chunk, (self.what, self.inputs, self.star))
 
 
 def _code_reduce_keeping_filename(code: types.CodeType):

@@ -79,6 +79,9 @@ class Recorder:
             raise ValueError(f"odd: {x}")
         return x
 
+    def value_or_error(self, x, fail):
+        return value_or_error(x, fail)
+
     def block_until(self, path: str, started: str | None = None):
         """Announce the start (marker *started*), then wait for *path* to exist."""
         if started:
@@ -466,3 +469,10 @@ class HangingExit:
 
     def __exit__(self, *exc):
         time.sleep(600)
+
+
+def value_or_error(x, fail):
+    """x, or a ValueError naming x when *fail* (for map's per-input outcomes)."""
+    if fail:
+        raise ValueError(f"bad {x}")
+    return x

@@ -266,3 +266,51 @@ def test_an_unpicklable_value_in_a_chunk_fails_that_input_only(pool):
     assert isinstance(results[500], TypeError)
     assert any("could not be pickled" in note for note in results[500].__notes__)
     assert results[:500] + results[501:] == [i for i in range(1000) if i != 500]
+
+
+@pytest.mark.parametrize("star", [False, True])
+def test_every_input_of_a_chunk_keeps_its_own_outcome(pool, star):
+    # Errors first, last, in a row and at run boundaries of a chunk (the
+    # container runs chunks in runs of inputs at C speed and must still tell
+    # which input raised); map over one iterable and starmap take different paths.
+    count = 3000
+    bad = {0, 1, 2, 255, 256, 257, 511, 512, 1000, 1001, 2047, 2048, count - 1} | set(range(1500, 1540))
+    if star:
+        results = pool.value_or_error.starmap([(i, i in bad) for i in range(count)], return_exceptions=True)
+    else:
+        results = pool.fail_if_odd.map([2 * i + (i in bad) for i in range(count)], return_exceptions=True)
+    results = list(results)
+    assert len(results) == count
+    for i, result in enumerate(results):
+        if i in bad:
+            assert isinstance(result, ValueError), (i, result)
+            assert str(result) == (f"bad {i}" if star else f"odd: {2 * i + 1}")
+        else:
+            assert result == (i if star else 2 * i), (i, result)
+    from targets import value_or_error
+
+    flags = [i == 5 for i in range(3000)]
+    with pytest.raises(ValueError, match="bad 5"):
+        list(pool.map(value_or_error, range(3000), flags))  # Executor.map over two iterables: tuples
+
+
+def test_big_inputs_make_small_chunks(pool):
+    # By time alone, quick inputs go CHUNK_SECONDS' worth to a chunk; the
+    # byte bound (CHUNK_BYTES) keeps the chunk of big inputs small.
+    from lifepool._handles import _ChunkedMap
+
+    class Recording(_ChunkedMap):
+        def submit_next(self):
+            went = super().submit_next()
+            if went:
+                sizes.append(self.in_flight[-1][2])
+            return went
+
+    sizes: list[int] = []
+    list(Recording(pool, abs, "abs", iter(range(20_000)), True, True, False, None).results())
+    assert max(sizes) > 50  # quick small inputs: big chunks
+    sizes.clear()
+    blobs = [bytes([i % 256]) * 200_000 for i in range(300)]
+    results = list(Recording(pool, len, "len", iter(blobs), True, True, False, None).results())
+    assert results == [200_000] * 300
+    assert max(sizes) <= 21  # 4 MiB (CHUNK_BYTES) of 200 kB inputs
