@@ -155,7 +155,8 @@ class ContainerRecord:
         self.state = ContainerState.STARTING
         self.process: Any = None
         self.conn: Any = None
-        self.fd = -1  # conn's file descriptor, read and written with _wire.recv_bytes/send_bytes
+        self.fd = -1  # conn's file descriptor, written with _wire.send_bytes
+        self.reader: _wire.Reader | None = None  # reads conn (by the dispatcher, or the borrower)
         self.pid: int | None = None
         self.inflight: dict[int, Call] = {}
         self.load: dict[str | None, int] = collections.defaultdict(int)  # in-flight calls per kind
@@ -327,12 +328,11 @@ class Dispatcher:
         dispatcher reads the answer; so does a dying container, which the
         dispatcher reaps.
         """
-        fd = record.fd
-        recv = _wire.recv_bytes
+        recv = record.reader.recv
         try:
             while True:
                 try:
-                    data: bytes | bytearray | None = recv(fd)
+                    data: bytes | bytearray | None = recv()
                 except (EOFError, OSError):
                     data = None
                 with self._lock:
@@ -372,6 +372,11 @@ class Dispatcher:
             # leaving: the dispatcher reads from here on. An idle container
             # stays unwatched: it sends nothing until it is sent a call.
             self._watch(record)
+        if record.reader.buffered():
+            # Read ahead with the answer (rare: a late message behind it): no
+            # select would report it, so the dispatcher is told.
+            self._watch(record)
+            self.commands.append(("read", record))
         if record.dead_while_borrowed:
             self.commands.append(("reap", record))
 
@@ -498,6 +503,7 @@ class Dispatcher:
         record.process = process
         record.conn = parent_conn
         record.fd = parent_conn.fileno()
+        record.reader = _wire.Reader(record.fd)
         record.pid = process.pid
         self._watch(record)
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", record))
@@ -505,16 +511,20 @@ class Dispatcher:
             logger.info("lifepool pool %r: started replacement container %d (pid %d)", self.name, index, record.pid)
 
     def _read_container(self, record: ContainerRecord, *, drain: bool = False) -> None:
-        """Read one message (the selector is level-triggered: more data wakes it again).
+        """Read a message, and those that came with it (the selector is level-triggered:
+        more data in the socket wakes it again; data read ahead would not).
 
         With *drain*, read everything the container sent before it died.
         """
         try:
             while True:
-                data = _wire.recv_bytes(record.fd)
-                self._message(record, data)
+                self._message(record, record.reader.recv())
+                if record.conn is None or record.borrowed:
+                    return
+                if record.reader.ready():
+                    continue  # read ahead: select would not report it
                 # (no conn.poll() on the hot path: each call builds a new selector)
-                if not drain or record.conn is None or not record.conn.poll():
+                if not drain or not record.conn.poll():
                     return
         except (EOFError, OSError):
             # The container closed its end: it exited or died. The sentinel
@@ -842,6 +852,10 @@ class Dispatcher:
         if kind == "reap":
             if command[1].state is not ContainerState.DEAD:
                 self._reap(command[1])
+        elif kind == "read":
+            record = command[1]
+            if record.conn is not None and not record.borrowed and record.reader.buffered():
+                self._read_container(record)
         elif kind == "credit":
             call, count = command[1], command[2]
             record = call.container

@@ -72,8 +72,8 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Frames travel with multiprocessing.connection's framing (a signed 4-byte
 # big-endian length, or -1 and an 8-byte length past 2 GiB), so either side
-# may use Connection.recv_bytes/send_bytes; these two do the same with less
-# Python in between (the round trip of a call is mostly such overhead).
+# may use Connection.recv_bytes/send_bytes; send_bytes and Reader do the same
+# with less Python in between (the round trip of a call is mostly such overhead).
 _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
 _SMALL = 1 << 16  # messages below this are written with their header in one write()
@@ -98,27 +98,20 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def recv_bytes(fd: int) -> bytes | bytearray:
-    """Read one message from the blocking socket *fd*; EOFError when the other end closed it."""
-    (size,) = _LENGTH.unpack(_read(fd, 4))
-    if size == -1:
-        (size,) = _LONG_LENGTH.unpack(_read(fd, 8))
-    return _read(fd, size)
-
-
-def _read(fd: int, size: int) -> bytes | bytearray:
-    if size < _SMALL:
+def _read(fd: int, size: int, start: bytes = b"") -> bytes | bytearray:
+    """*size* bytes from *fd*, the first of which are *start* (already read)."""
+    got = len(start)
+    if got == size:
+        return start
+    if size < _SMALL and not start:
         data = os.read(fd, size)
         if len(data) == size:
             return data
-        if not data and size:
+        if not data:
             raise EOFError
-        buffer = bytearray(size)
-        buffer[: len(data)] = data
-        got = len(data)
-    else:  # read in place: no huge temporary per partial read
-        buffer = bytearray(size)
-        got = 0
+        start, got = data, len(data)
+    buffer = bytearray(size)  # read in place: no big temporary per partial read
+    buffer[:got] = start
     view = memoryview(buffer)
     while got < size:
         count = os.readv(fd, [view[got:]])
@@ -126,6 +119,76 @@ def _read(fd: int, size: int) -> bytes | bytearray:
             raise EOFError
         got += count
     return buffer
+
+
+class Reader:
+    """The messages of one blocking socket, read as many at a time as have arrived.
+
+    One ``read()`` takes up to 64 KiB, so a burst of small messages (results
+    of calls sent ahead, say) costs one system call, not two per message. A
+    message bigger than that is finished with exact reads. Whoever reads
+    through a Reader must see :meth:`buffered` before waiting on the socket
+    (select/poll): messages already read are no longer in the kernel's buffer.
+    Not thread-safe: one reader at a time (see the dispatcher's borrowing).
+    """
+
+    __slots__ = ("_data", "_pos", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._data = b""
+        self._pos = 0
+
+    def buffered(self) -> bool:
+        """Whether bytes were read ahead (a whole message, or the start of one)."""
+        return self._pos < len(self._data)
+
+    def ready(self) -> bool:
+        """Whether a whole message was read ahead: :meth:`recv` returns it without reading."""
+        data, pos = self._data, self._pos
+        if len(data) - pos < 4:
+            return False
+        (size,) = _LENGTH.unpack_from(data, pos)
+        return size >= 0 and len(data) - pos - 4 >= size
+
+    def recv(self) -> bytes | bytearray:
+        """The next message; blocks until it has arrived. EOFError when the other end closed."""
+        data, pos = self._data, self._pos
+        if len(data) - pos >= 4:
+            (size,) = _LENGTH.unpack_from(data, pos)
+            end = pos + 4 + size
+            if size >= 0 and end <= len(data):
+                self._pos = end
+                return data[pos + 4 : end]
+        return self._recv_more()
+
+    def _recv_more(self) -> bytes | bytearray:
+        rest = self._data[self._pos :]
+        self._data, self._pos = b"", 0
+        while len(rest) < 4:
+            chunk = os.read(self.fd, _SMALL)
+            if not chunk:
+                raise EOFError
+            rest += chunk
+        (size,) = _LENGTH.unpack_from(rest)
+        head = 4
+        if size == -1:
+            rest = rest + _read(self.fd, 12 - len(rest)) if len(rest) < 12 else rest
+            (size,) = _LONG_LENGTH.unpack_from(rest, 4)
+            head = 12
+        end = head + size
+        if len(rest) >= end:
+            self._data, self._pos = rest, end
+            return rest[head:end]
+        if size >= _SMALL:  # a big message: read exactly the rest of it
+            return _read(self.fd, size, rest[head:])
+        while len(rest) < end:
+            chunk = os.read(self.fd, _SMALL)
+            if not chunk:
+                raise EOFError
+            rest += chunk
+        self._data, self._pos = rest, end
+        return rest[head:end]
 
 
 class Chunk:

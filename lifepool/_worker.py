@@ -155,6 +155,7 @@ class _Worker:
     def __init__(self, conn: Any, index: int, options: dict[str, Any]) -> None:
         self.conn = conn
         self.fd = conn.fileno()
+        self.reader = _wire.Reader(self.fd)
         self.index = index
         self.options = options
         self.instance: Any = None
@@ -215,8 +216,8 @@ class _Worker:
     def _interrupt_waiting(self, call_id: int) -> bool:
         """Read the frames already waiting; whether one interrupts *call_id* (others are kept)."""
         found = False
-        while self.conn.poll(0):
-            data = _wire.recv_bytes(self.fd)
+        while self.reader.ready() or self.conn.poll(0):
+            data = self.reader.recv()
             tag, frame_call, _, _ = _wire.unframe(data)
             if tag == _wire.INTERRUPT and frame_call == call_id:
                 found = True
@@ -463,7 +464,7 @@ class _Worker:
         concurrent_mode = self.options["max_inputs"] > 1
         while True:
             try:
-                data = self._stash.popleft() if self._stash else _wire.recv_bytes(self.fd)
+                data = self._stash.popleft() if self._stash else self.reader.recv()
             except (EOFError, OSError):
                 return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
             tag, call_id, flag, body = _wire.unframe(data)

@@ -1,6 +1,7 @@
-"""The pipe framing: lifepool's lean send/recv speak multiprocessing.connection's format."""
+"""The pipe framing: lifepool's lean send and read-ahead Reader speak multiprocessing.connection's format."""
 
 import os
+import random
 import socket
 import threading
 from multiprocessing.connection import Connection
@@ -36,36 +37,73 @@ def test_lean_and_standard_framing_interoperate(pair, size):
     assert right.recv_bytes() == message
     writer.join(30)
     writer = _in_thread(left.send_bytes, message)
-    assert bytes(_wire.recv_bytes(right.fileno())) == message
+    assert bytes(_wire.Reader(right.fileno()).recv()) == message
     writer.join(30)
+
+
+def test_a_burst_of_messages_of_every_size_arrives_whole_and_in_order(pair):
+    left, right = pair
+    rng = random.Random(7)
+    messages = [os.urandom(rng.choice([0, 1, 3, 100, 5000, 65535, 65536, 70000, 300_000])) for _ in range(200)]
+
+    def send_all():
+        for message in messages:
+            _wire.send_bytes(left.fileno(), message)
+
+    writer = _in_thread(send_all)
+    reader = _wire.Reader(right.fileno())
+    for message in messages:
+        assert bytes(reader.recv()) == message
+    writer.join(30)
+    assert not reader.buffered()
 
 
 def test_messages_split_into_small_writes_are_reassembled(pair):
     left, right = pair
-    message = os.urandom(200_000)
-    framed = len(message).to_bytes(4, "big") + message
+    messages = [os.urandom(n) for n in (10, 200_000, 0, 70_000, 5)]
+    stream = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
 
     def trickle():
-        for start in range(0, len(framed), 777):
-            os.write(left.fileno(), framed[start : start + 777])
+        for start in range(0, len(stream), 777):
+            os.write(left.fileno(), stream[start : start + 777])
 
     writer = _in_thread(trickle)
-    assert bytes(_wire.recv_bytes(right.fileno())) == message
+    reader = _wire.Reader(right.fileno())
+    assert [bytes(reader.recv()) for _ in messages] == messages
     writer.join(30)
+
+
+def test_the_reader_says_what_it_read_ahead(pair):
+    left, right = pair
+    for message in (b"one", b"two"):
+        _wire.send_bytes(left.fileno(), message)
+    os.write(left.fileno(), (5).to_bytes(4, "big") + b"th")  # the start of a third
+    reader = _wire.Reader(right.fileno())
+    assert not reader.buffered() and not reader.ready()
+    assert reader.recv() == b"one"  # one read took both, and the start of the third
+    assert reader.ready() and reader.buffered()
+    assert reader.recv() == b"two"
+    assert reader.buffered() and not reader.ready()
+    os.write(left.fileno(), b"ree")
+    assert reader.recv() == b"three"
+    assert not reader.buffered()
 
 
 def test_recv_raises_eof_when_the_other_end_closes(pair):
     left, right = pair
     _wire.send_bytes(left.fileno(), b"last")
     left.close()
-    assert _wire.recv_bytes(right.fileno()) == b"last"
+    reader = _wire.Reader(right.fileno())
+    assert reader.recv() == b"last"
     with pytest.raises(EOFError):
-        _wire.recv_bytes(right.fileno())
+        reader.recv()
 
 
-def test_eof_in_the_middle_of_a_message(pair):
+@pytest.mark.parametrize("cut", [2, 7, 100_000])
+def test_eof_in_the_middle_of_a_message(pair, cut):
     left, right = pair
-    os.write(left.fileno(), (10).to_bytes(4, "big") + b"abc")
+    size = 200_000
+    os.write(left.fileno(), (size.to_bytes(4, "big") + bytes(size))[:cut])
     left.close()
     with pytest.raises(EOFError):
-        _wire.recv_bytes(right.fileno())
+        _wire.Reader(right.fileno()).recv()
