@@ -85,6 +85,10 @@ logger = logging.getLogger("lifepool")
 # its container is killed and replaced.
 TIMEOUT_UNWIND_SECONDS = 2.0
 
+# Calls a busy container (max_inputs=1) may be sent beyond the one it runs,
+# while more than that many calls per container are queued: see _schedule_ahead.
+SEND_AHEAD = 8
+
 
 class PoolState(enum.Enum):
     RUNNING = "running"  # accepting and running calls
@@ -116,7 +120,7 @@ class Call:
     before the call is shared.
     """
 
-    __slots__ = ("_future", "attempts", "body", "container", "id", "kind", "label", "sink")
+    __slots__ = ("_future", "attempts", "body", "container", "crashes", "id", "kind", "label", "sink", "stream")
 
     def __init__(
         self,
@@ -125,6 +129,7 @@ class Call:
         label: str,
         kind: str | None = None,
         sink: Callable[[tuple[str, Any]], None] | None = None,
+        stream: bool = False,
     ) -> None:
         self.id = call_id
         self._future: Future[Any] | None = None
@@ -132,7 +137,9 @@ class Call:
         self.label = label  # "Model.predict", for error notes
         self.kind = kind  # None, or the name of a @batched method (its own capacity)
         self.sink = sink  # streams: receives ("item", value), ("end", None), ("error", exc)
+        self.stream = stream  # a remote_gen call: runs beside other calls in its container
         self.attempts = 0  # times sent to a container
+        self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
 
     @property
@@ -160,6 +167,8 @@ class ContainerRecord:
         self.pid: int | None = None
         self.inflight: dict[int, Call] = {}
         self.load: dict[str | None, int] = collections.defaultdict(int)  # in-flight calls per kind
+        self.streams = 0  # streaming calls in flight (a container with one is sent nothing ahead)
+        self.spare = False  # in the dispatcher's _spare deque: may be sent a call ahead
         self.offered: set[str | None] = set()  # kinds whose _free deque holds this record
         self.calls_done = 0
         self.entered = False  # reached READY: owes exactly one exit
@@ -241,6 +250,9 @@ class Dispatcher:
         self.closed = threading.Event()
         self._lock = threading.Lock()  # the tables' lock: see the module docstring
         self.fast_path = self.max_inputs == 1 and self.timeout is None and len(self.capacity) == 1
+        # Calls a busy container may be sent ahead, to wait in its pipe (see _schedule_ahead).
+        self.ahead = SEND_AHEAD if self.fast_path and self.max_calls is None else 0
+        self._spare: collections.deque[ContainerRecord] = collections.deque()
 
         self.thread = threading.Thread(target=self._run, name=f"lifepool-dispatch-{pool_name}", daemon=True)
         self.thread.start()
@@ -613,9 +625,14 @@ class Dispatcher:
                     record.offered.add(kind)
                     self._free[kind].append(record)
         record.state = ContainerState.READY if room else ContainerState.BUSY
+        if self.ahead and not record.spare and record.load[None] < self.max_inputs + self.ahead:
+            record.spare = True
+            self._spare.append(record)
 
     def _release_slot(self, record: ContainerRecord, call: Call) -> None:
         record.load[call.kind] -= 1
+        if call.stream:
+            record.streams -= 1
         if self.max_calls is not None and record.calls_done >= self.max_calls and record.state in _SERVING:
             record.state = ContainerState.RETIRING
             logger.info(
@@ -667,6 +684,17 @@ class Dispatcher:
             return True
         except OSError:
             return False  # it is dying; its sentinel will tell
+
+    def _send_many(self, record: ContainerRecord, frames: list[bytes]) -> None:
+        """Send several frames in one write."""
+        if record.conn is None:
+            return
+        if not record.watched:
+            self._watch(record)
+        try:
+            _wire.send_many(record.fd, frames)
+        except OSError:
+            pass  # it is dying; its sentinel will tell
 
     def _send_exit(self, record: ContainerRecord, blob: bytes | None) -> None:
         record.state = ContainerState.EXITING
@@ -730,19 +758,25 @@ class Dispatcher:
             self._start_container(record.index, record.generation + 1)
 
     def _crashed_calls(self, record: ContainerRecord, code: int | None) -> None:
-        calls = list(record.inflight.values())
+        calls = list(record.inflight.values())  # in the order sent
         self._in_hand.extend(calls)
         record.inflight.clear()
         record.load.clear()
-        for call in reversed(calls):
+        record.streams = 0
+        for position, call in reversed(list(enumerate(calls))):
             if call.future.done():
                 continue
-            if call.attempts <= self.retries and self.state is PoolState.RUNNING:
+            if self.ahead and position > 0 and self.state is PoolState.RUNNING:
+                # Sent ahead, never started (see _schedule_ahead): not a crash of its own.
+                self.pending[call.kind].appendleft(call)
+                continue
+            call.crashes += 1
+            if call.crashes <= self.retries and self.state is PoolState.RUNNING:
                 logger.warning(
                     "lifepool pool %r: retrying %s (attempt %d) after %s died",
                     self.name,
                     call.label,
-                    call.attempts + 1,
+                    call.crashes + 1,
                     record.describe(),
                 )
                 self.pending[call.kind].appendleft(call)
@@ -764,6 +798,49 @@ class Dispatcher:
         for kind, pending in self.pending.items():
             if pending:
                 self._schedule_kind(kind, pending, self._free[kind], self.capacity[kind])
+        if self.ahead and len(self.pending[None]) > self.ahead * self.containers_wanted:
+            self._schedule_ahead(self.pending[None])
+
+    def _schedule_ahead(self, pending: collections.deque[Call]) -> None:
+        """Send queued calls to busy containers, to wait in their pipes behind the call they run.
+
+        Only while more calls are queued than SEND_AHEAD per container (a
+        backlog: every call waits anyway, so none waits longer for being sent
+        ahead, unless calls differ a lot in length), only with
+        max_inputs=1 (a container then runs its calls one at a time, in the
+        order sent: so when it dies, the first call it had not answered is
+        the one it ran, and those after it never started), no timeout and no
+        max_calls_per_container. A container that finishes a call starts the
+        next at once instead of waiting for the dispatcher, and several calls
+        go out in one write. A call sent ahead counts as running; an
+        interrupt still stops it before it starts (the container reads the
+        interrupt ahead), and if its container dies before it started it is
+        queued again, which counts as no retry. Streams are never sent ahead,
+        nor is anything sent ahead to a container running a stream.
+        """
+        spare = self._spare
+        limit = self.max_inputs + self.ahead
+        keep = self.ahead * self.containers_wanted
+        batches: dict[ContainerRecord, list[bytes]] = {}
+        while len(pending) > keep and spare:
+            record = spare[0]
+            load = record.load[None]
+            # (stale, or not busy after all: its free slot is offered to queued calls first)
+            if record.state not in _SERVING or not self.max_inputs <= load < limit or record.streams or record.borrowed:
+                spare.popleft()
+                record.spare = False
+                continue
+            if pending[0].stream:
+                break  # a stream waits for a free slot
+            call = self._take(pending, record, None)
+            if call is None:
+                continue
+            if record.load[None] >= limit:
+                spare.popleft()
+                record.spare = False
+            batches.setdefault(record, []).append(_wire.frame(_wire.CALL, call.id, 0, call.body))
+        for record, frames in batches.items():
+            self._send_many(record, frames)
 
     def _schedule_kind(
         self,
@@ -778,29 +855,38 @@ class Dispatcher:
                 free.popleft()  # stale: retiring, exiting, dead, or full
                 record.offered.discard(kind)
                 continue
-            call = pending.popleft()
-            self._in_hand.append(call)
-            if self.enter_failure is not None:
-                self._fail(call, self.enter_error(), None)
-                self._in_hand.clear()
+            call = self._take(pending, record, kind)
+            if call is None:
                 continue
-            # (a retried call is already RUNNING: a running future cannot be cancelled)
-            if call.attempts == 0 and not call.future.set_running_or_notify_cancel():
-                self._in_hand.clear()
-                continue  # cancelled while queued
-            call.attempts += 1
-            call.container = record
-            record.inflight[call.id] = call
-            record.load[kind] += 1
-            if self.timeout is not None:
-                self._add_timer(time.monotonic() + self.timeout, call)
             if record.load[kind] >= capacity:
                 free.popleft()
                 record.offered.discard(kind)
                 if record.state is ContainerState.READY and all(record.load[k] >= c for k, c in self.capacity.items()):
                     record.state = ContainerState.BUSY
-            self._in_hand.clear()
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
+
+    def _take(self, pending: collections.deque[Call], record: ContainerRecord, kind: str | None) -> Call | None:
+        """Put the next queued call on *record*'s books (the caller sends it), or None if it was dropped."""
+        call = pending.popleft()
+        self._in_hand.append(call)
+        if self.enter_failure is not None:
+            self._fail(call, self.enter_error(), None)
+            self._in_hand.clear()
+            return None
+        # (a retried call is already RUNNING: a running future cannot be cancelled)
+        if call.attempts == 0 and not call.future.set_running_or_notify_cancel():
+            self._in_hand.clear()
+            return None  # cancelled while queued
+        call.attempts += 1
+        call.container = record
+        record.inflight[call.id] = call
+        record.load[kind] += 1
+        if call.stream:
+            record.streams += 1
+        if self.timeout is not None:
+            self._add_timer(time.monotonic() + self.timeout, call)
+        self._in_hand.clear()
+        return call
 
     def _any_pending(self) -> bool:
         return any(self.pending.values())
@@ -879,9 +965,13 @@ class Dispatcher:
                 for record in self.slots:
                     if record is None or record.state is ContainerState.DEAD:
                         continue
-                    for call in record.inflight.values():
-                        self._interrupt(record, call)
-                    if record.state is ContainerState.ENTERING:
+                    if record.inflight:
+                        # Every frame first, then one signal: the container reads
+                        # them all when the signal comes, so none of the calls
+                        # waiting in its pipe (sent ahead) starts afterwards.
+                        self._send_many(record, [_wire.frame(_wire.INTERRUPT, c) for c in record.inflight])
+                        self._signal(record)
+                    elif record.state is ContainerState.ENTERING:
                         self._signal(record)
                     # The grace period bounds the whole stop: unwinding the
                     # interrupted call (or enter hook) plus the exit hook.

@@ -93,6 +93,22 @@ def send_bytes(fd: int, data: bytes) -> None:
         _write_all(fd, memoryview(data).cast("B"))
 
 
+def send_many(fd: int, messages: list[bytes]) -> None:
+    """Write several messages, the small ones together in one write()."""
+    parts: list[bytes] = []
+    for data in messages:
+        if len(data) < _SMALL:
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        else:
+            if parts:
+                _write_all(fd, memoryview(b"".join(parts)))
+                parts = []
+            send_bytes(fd, data)
+    if parts:
+        _write_all(fd, memoryview(b"".join(parts)))
+
+
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view) :]

@@ -88,20 +88,29 @@ class _State:
     """What the signal handler and the watcher thread need to see (main thread writes)."""
 
     in_user_code = False  # main thread runs an inline call or an enter hook
+    call_id: int | None = None  # the inline call it runs (None: an enter hook)
     parent_gone = False
     missed = False  # an interrupt signal came while no user code ran (see run_user)
+    worker: _Worker | None = None
 
 
 _state = _State()
 
 
 def _on_interrupt_signal(signum: int, frame: object) -> None:
-    if not _state.in_user_code:
-        _state.missed = True
+    state = _state
+    if not state.in_user_code:
+        state.missed = True
         return
-    _state.in_user_code = False  # one interrupt per call
-    if _state.parent_gone:
+    if state.parent_gone:
+        state.in_user_code = False
         raise ParentExitedError("the parent process exited without shutting the pool down")
+    # The parent writes the INTERRUPT frame before it signals: read ahead to
+    # see which call the signal is for. It may be one sent ahead, waiting in
+    # the pipe behind this one; that one is then skipped when its turn comes.
+    if state.call_id is not None and state.worker is not None and not state.worker._interrupt_waiting(state.call_id):
+        return
+    state.in_user_code = False  # one interrupt per call
     raise KeyboardInterrupt("interrupted by the lifepool parent")
 
 
@@ -166,6 +175,8 @@ class _Worker:
         self._tasks: dict[int, concurrent.futures.Future[Any]] = {}  # calls on the loop or threads
         self._credits: dict[int, _Credit] = {}  # running streams
         self._stash: collections.deque[bytes] = collections.deque()  # frames read ahead (run_user)
+        self._revoked: set[int] = set()  # calls whose INTERRUPT frame was read ahead of their CALL
+        self._skipped: set[int] = set()  # calls answered "interrupted" without being run
         self._batchers: dict[str, _Batcher] = {}
         self._how: dict[str, str] = {}  # method name -> how it runs (see how_to_run), found once
 
@@ -199,6 +210,7 @@ class _Worker:
         """
         kwargs = kwargs or {}
         state = _state
+        state.call_id = call_id
         state.in_user_code = True
         try:
             if state.missed:
@@ -222,6 +234,8 @@ class _Worker:
             if tag == _wire.INTERRUPT and frame_call == call_id:
                 found = True
             else:
+                if tag == _wire.INTERRUPT:
+                    self._revoked.add(frame_call)  # (a call sent ahead, or one that is over)
                 self._stash.append(data)  # serve() handles it next, in order
         return found
 
@@ -469,6 +483,11 @@ class _Worker:
                 return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
             tag, call_id, flag, body = _wire.unframe(data)
             if tag == _wire.CALL:
+                if call_id in self._revoked:  # interrupted while it waited in the pipe
+                    self._revoked.discard(call_id)
+                    self._skipped.add(call_id)
+                    self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
+                    continue
                 try:
                     what, func, args, kwargs = self.resolve(body)
                     how = self.how_to_run(what, func)
@@ -500,7 +519,11 @@ class _Worker:
                 if credit is not None:
                     credit.give(_wire.COUNT.unpack(body)[0])
             elif tag == _wire.INTERRUPT:
-                self.interrupt(call_id)
+                self._revoked.discard(call_id)
+                if call_id in self._skipped:
+                    self._skipped.discard(call_id)  # answered already
+                else:
+                    self.interrupt(call_id)
             elif tag == _wire.EXIT:
                 return _wire.load_exception(bytes(body)) if flag else None
 
@@ -670,7 +693,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         name="lifepool-watch",
         daemon=True,
     ).start()
-    worker = _Worker(conn, index, options)
+    worker = _state.worker = _Worker(conn, index, options)
     try:
         worker.enter(target_blob)
     except BaseException as error:  # noqa: BLE001 - reported; a failed enter gets no exit hook

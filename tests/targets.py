@@ -476,3 +476,21 @@ def value_or_error(x, fail):
     if fail:
         raise ValueError(f"bad {x}")
     return x
+
+
+class Ahead:
+    """For calls sent ahead: a call that blocks (or crashes) on demand, calls that leave a marker."""
+
+    def block(self, release: str, started: str) -> str:
+        pathlib.Path(started).touch()
+        wait_for_path(release)
+        return "released"
+
+    def crash(self, release: str, started: str) -> None:
+        pathlib.Path(started).touch()
+        wait_for_path(release)
+        os._exit(3)
+
+    def run(self, directory: str, i: int) -> int:
+        pathlib.Path(directory, f"ran-{i}").touch()
+        return i
