@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from conftest import assert_gone
-from targets import Surroundings, exit_with, kill_self_with, report_start
+from launch_targets import Surroundings, exit_with, kill_self_with, report_start
 
 import lifepool
 from lifepool import _launch
