@@ -9,8 +9,6 @@ things go wrong::
         ys = list(p.predict.map(xs))
 """
 
-from typing import TYPE_CHECKING
-
 from ._exceptions import (
     CallTimeoutError,
     ContainerCrashedError,
@@ -24,6 +22,7 @@ from ._exceptions import (
 from ._hooks import batched, concurrent, enter, exit
 from ._worker import Container, current_container
 
+TYPE_CHECKING = False  # (not typing.TYPE_CHECKING: a container need not import typing)
 if TYPE_CHECKING:
     from ._handles import RemoteMethod
     from ._pool import LifecyclePool

@@ -14,7 +14,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False  # (typing is not imported at run time: containers need not pay for it)
+if TYPE_CHECKING:
+    from typing import Any
 
 _HOOK_ATTR = "__lifepool_hook__"
 _BATCHED_ATTR = "__lifepool_batched__"

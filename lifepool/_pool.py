@@ -21,17 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-import loky
-from loky.backend.context import get_context
-
-from . import _hooks, _signals, _wire
+from . import _hooks, _launch, _signals, _wire
 from ._dispatch import Call, Dispatcher, PoolState
 from ._exceptions import ExitHookError
 from ._handles import RemoteMethod, map_calls
 
 logger = logging.getLogger("lifepool")
 
-START_METHODS = ("loky", "spawn", "forkserver")
+START_METHODS = ("exec", "loky", "spawn", "forkserver")
 
 _call_ids = itertools.count(1)
 _pool_names = itertools.count(1)
@@ -58,8 +55,10 @@ class LifecyclePool(concurrent.futures.Executor):
     exit_grace_period
         Seconds each container's exit (hooks included) may take before SIGKILL.
     start_method
-        ``"loky"`` (default: fork+exec of a fresh interpreter that never
-        re-imports ``__main__``), ``"spawn"`` or ``"forkserver"`` (the
+        ``"exec"`` (default: fork+exec of a fresh interpreter running a small
+        bootstrap, see ``lifepool/_launch.py``; it never imports ``__main__``),
+        ``"loky"`` (fork+exec through loky's process context: the same
+        guarantees, a slower start), or ``"spawn"``/``"forkserver"`` (the
         standard library's, which re-import ``__main__`` in the container).
     name
         Shown in logs, errors and process names.
@@ -96,6 +95,8 @@ class LifecyclePool(concurrent.futures.Executor):
         self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         cls = target if isinstance(target, type) else type(target)
         if containers is None:
+            import loky  # (only for this: the containers are not started through loky by default)
+
             containers = loky.cpu_count()
         _check_int("containers", containers, minimum=1)
         _check_int("max_inputs", max_inputs, minimum=1)
@@ -137,7 +138,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 "retries": retries,
                 "max_calls_per_container": max_calls_per_container,
                 "batched": self._info.batched,
-                "context": get_context(start_method or "loky"),
+                "context": _context(start_method or "exec"),
             },
             on_closed=_forget,
         )
@@ -447,6 +448,15 @@ def _no_method(info: _hooks.ClassInfo, name: str) -> str:
     if name.startswith("_"):
         return f"{info.name}.{name} is private; only public methods can be called remotely"
     return f"{info.name} has no public method {name!r}"
+
+
+def _context(start_method: str) -> Any:
+    """What starts the containers: an object with ``Pipe`` and ``Process``, like a multiprocessing context."""
+    if start_method == "exec":
+        return _launch.ExecContext()
+    from loky.backend.context import get_context  # "loky", and the standard library's "spawn"/"forkserver"
+
+    return get_context(start_method)
 
 
 def _check_int(what: str, value: Any, *, minimum: int) -> None:

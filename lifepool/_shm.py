@@ -69,7 +69,6 @@ Lifetime and cleanup.
 from __future__ import annotations
 
 import io
-import logging
 import mmap
 import os
 import pickle
@@ -104,7 +103,6 @@ _MAX_RW = 0x7FFFF000  # Linux moves at most this much per read()/write()
 _OPEN_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _OPEN_OLD = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
-logger = logging.getLogger("lifepool")
 _warned_fallback = False
 _owner: int | None = None
 
@@ -397,7 +395,11 @@ def _create_segment(data: memoryview) -> str | None:
             return name
     if not _warned_fallback:
         _warned_fallback = True
-        logger.warning("lifepool: %d bytes travel in-band, no shared memory segment: %s", data.nbytes, failure)
+        import logging  # (here: a container that never warns does not pay for it)
+
+        logging.getLogger("lifepool").warning(
+            "lifepool: %d bytes travel in-band, no shared memory segment: %s", data.nbytes, failure
+        )
     return None
 
 

@@ -27,12 +27,7 @@ import io
 import os
 import pickle
 import struct
-import traceback
 import types
-from collections import ChainMap
-
-import cloudpickle
-from tblib import pickling_support
 
 from . import _shm
 from ._exceptions import RemoteError
@@ -225,40 +220,58 @@ class Chunk:
         return (Chunk, (self.what, self.inputs, self.star))
 
 
-def _code_reduce_keeping_filename(code: types.CodeType):
-    reconstructor, args = _cloudpickle_code_reduce(code)
-    # cloudpickle blanks the file name to make payloads reproducible; put it back
-    # so tracebacks and linecache find the user's source.
-    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-    return reconstructor, args
+_picklers: tuple[type, type] | None = None
 
 
-_cloudpickle_code_reduce = cloudpickle.Pickler._dispatch_table[types.CodeType]
+def _cloud_picklers() -> tuple[type, type]:
+    """lifepool's cloudpickle pickler and its exception pickler, made on first use.
 
-
-class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap({types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table)
-
-
-class _ExceptionPickler(_Pickler):
-    """Pickles exceptions with their traceback, chain and notes (tblib).
-
-    A private pickler rather than ``tblib.pickling_support.install()``, which
-    would change how every exception pickles in the user's process.
+    cloudpickle and tblib are imported here, not with this module: a container
+    whose target and calls pickle by reference never needs them.
     """
+    global _picklers
+    if _picklers is None:
+        from collections import ChainMap
 
-    def reducer_override(self, obj):
-        if isinstance(obj, BaseException):
-            return pickling_support.pickle_exception(obj)
-        if isinstance(obj, types.TracebackType):
-            return pickling_support.pickle_traceback(obj)
-        return super().reducer_override(obj)
+        import cloudpickle
+        from tblib import pickling_support
+
+        cloudpickle_code_reduce = cloudpickle.Pickler._dispatch_table[types.CodeType]
+
+        def code_reduce_keeping_filename(code: types.CodeType):
+            reconstructor, args = cloudpickle_code_reduce(code)
+            # cloudpickle blanks the file name to make payloads reproducible; put it back
+            # so tracebacks and linecache find the user's source.
+            args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+            return reconstructor, args
+
+        class Pickler(cloudpickle.Pickler):
+            dispatch_table = ChainMap(
+                {types.CodeType: code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+            )
+
+        class ExceptionPickler(Pickler):
+            """Pickles exceptions with their traceback, chain and notes (tblib).
+
+            A private pickler rather than ``tblib.pickling_support.install()``, which
+            would change how every exception pickles in the user's process.
+            """
+
+            def reducer_override(self, obj):
+                if isinstance(obj, BaseException):
+                    return pickling_support.pickle_exception(obj)
+                if isinstance(obj, types.TracebackType):
+                    return pickling_support.pickle_traceback(obj)
+                return super().reducer_override(obj)
+
+        _picklers = (Pickler, ExceptionPickler)
+    return _picklers
 
 
 def cloud_dumps(obj, buffer_callback=None) -> bytes:
     """Encode *obj* with cloudpickle (by value for ``__main__`` code), keeping file names."""
     with io.BytesIO() as buf:
-        _Pickler(buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+        _cloud_picklers()[0](buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return buf.getvalue()
 
 
@@ -287,6 +300,8 @@ has_segments = _shm.has_segments
 
 
 def format_exception(exc: BaseException) -> str:
+    import traceback
+
     return "".join(traceback.format_exception(exc))
 
 
@@ -300,7 +315,7 @@ def exception_blob(exc: BaseException) -> bytes:
     text = format_exception(exc)
     try:
         with io.BytesIO() as buf:
-            _ExceptionPickler(buf, protocol=PROTOCOL).dump(exc)
+            _cloud_picklers()[1](buf, protocol=PROTOCOL).dump(exc)
             data = buf.getvalue()
         loads(data)
     except BaseException as pickling_error:  # noqa: BLE001 - anything may be raised by user __reduce__

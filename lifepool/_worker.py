@@ -40,24 +40,26 @@ import inspect
 import itertools
 import os
 import pickle
-import queue
 import select
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from . import _hooks, _shm, _wire
 from ._exceptions import ParentExitedError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import concurrent.futures
+    import queue
+    from typing import Any
 
-# asyncio and concurrent.futures are imported where they are first needed: a
-# container that runs only sync code with max_inputs=1 never pays for them,
-# and each container's start-up is on the path to the pool's first result.
+# asyncio, concurrent.futures, queue (and typing) are imported where they are
+# first needed, if ever: a container that runs only sync code with
+# max_inputs=1 never pays for them, and each container's start-up is on the
+# path to the pool's first result.
 
 INTERRUPT_SIGNAL = signal.SIGUSR1
 _WATCH_INTERVAL = 1.0  # seconds between getppid() checks, the fallback parent watch
@@ -578,6 +580,8 @@ class _Batcher:
         self.size = size
         self.wait = wait_ms / 1000
         self.signature = inspect.signature(func)
+        import queue
+
         self.inputs: queue.SimpleQueue[tuple[int, tuple[Any, ...], dict[str, Any]]] = queue.SimpleQueue()
         threading.Thread(target=self._run, name=f"lifepool-batch-{name}", daemon=True).start()
 
@@ -585,6 +589,8 @@ class _Batcher:
         self.inputs.put((call_id, args, kwargs))
 
     def _run(self) -> None:
+        import queue
+
         _block_interrupts_in_this_thread()
         while True:
             batch = [self.inputs.get()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import traceback
 
 import loky
@@ -137,7 +138,11 @@ def test_failing_exit_hook_while_block_raises_attaches_notes(hookdir):
 def test_enter_failure_fails_fast_and_entered_containers_still_exit(hookdir):
     with pytest.raises(lifepool.EnterError) as info:
         with lifepool.LifecyclePool(FailingEnter(hookdir), containers=2) as pool:
-            for _ in range(20):  # some may run on the healthy container first
+            # Some calls may run on the healthy container before the other one's
+            # failure arrives (it enters second: the failing one enters first);
+            # call until it has (bounded: the failure is certain to come).
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
                 pool.work.call(1)
     cause = info.value.__cause__
     assert isinstance(cause, OSError)
@@ -278,8 +283,8 @@ def test_an_exit_hook_past_the_grace_period_is_killed_and_reported(hookdir, capl
     assert_gone([pid])
 
 
-@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
-def test_standard_library_start_methods(hookdir, start_method):
+@pytest.mark.parametrize("start_method", ["exec", "loky", "spawn", "forkserver"])
+def test_every_start_method_runs_the_lifecycle(hookdir, start_method):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=1, start_method=start_method) as pool:
         assert pool.double.call(21) == 42
     assert len(markers(hookdir, "exit")) == 1

@@ -1,0 +1,65 @@
+"""Targets for tests/test_launch.py: what a container (or a bare launched process) inherited."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+class Surroundings:
+    """Reports what a container process sees of its start: path, directory, modules, signals."""
+
+    def where(self):
+        main = sys.modules["__main__"]
+        return {
+            "sys_path": list(sys.path),
+            "cwd": os.getcwd(),
+            "argv": list(sys.argv),
+            "main_file": getattr(main, "__file__", None),
+            "pgrp": os.getpgrp(),
+            "ppid": os.getppid(),
+            "signals": process_signals(),
+        }
+
+    def pid(self):
+        return os.getpid()
+
+    def kill_self(self):
+        os.kill(os.getpid(), 9)
+
+    def exit_now(self, code):
+        os._exit(code)
+
+
+def process_signals() -> dict[str, set[int]]:
+    """The signal numbers this process blocks and ignores (from /proc/self/status)."""
+    found = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("SigBlk", "SigIgn"):
+                mask = int(value.strip(), 16)
+                found[key] = {n for n in range(1, 65) if mask & (1 << (n - 1))}
+    return found
+
+
+def report_start(path: str, conn=None) -> None:
+    """Target of a bare launched process: write what it inherited to *path*, echo one message."""
+    import json
+
+    state = {"signals": {k: sorted(v) for k, v in process_signals().items()}, "pgrp": os.getpgrp(), "cwd": os.getcwd()}
+    state["fds"] = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.rename(tmp, path)
+    if conn is not None:
+        conn.send_bytes(conn.recv_bytes() * 2)
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self_with(signum: int) -> None:
+    os.kill(os.getpid(), signum)
