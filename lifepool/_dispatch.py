@@ -110,14 +110,16 @@ class ContainerState(enum.Enum):
 _SERVING = (ContainerState.READY, ContainerState.BUSY)
 
 
+_making_futures = threading.Lock()
+
+
 class Call:
     """One method call on its way through the pool.
 
-    Its Future is made on first use. A blocking ``.call`` that runs on a
-    borrowed container and ends normally never needs one (see
-    :meth:`Dispatcher.run_borrowed`); every other path (queued calls, errors
-    on the way, interrupts, crashes) makes it, under the tables' lock or
-    before the call is shared.
+    Its Future is made on first use, by whichever thread comes first. A
+    blocking ``.call`` that runs on a borrowed container and ends normally
+    never needs one (see :meth:`Dispatcher.run_borrowed`); every other path
+    (queued calls, errors on the way, interrupts, crashes) makes it.
     """
 
     __slots__ = ("_future", "attempts", "body", "container", "crashes", "id", "kind", "label", "sink", "stream")
@@ -146,10 +148,16 @@ class Call:
     def future(self) -> Future[Any]:
         future = self._future
         if future is None:
-            future = self._future = Future()
-            future._lifepool_call = self  # type: ignore[attr-defined]  # for LifecyclePool._abandon
-            if self.attempts:
-                future.set_running_or_notify_cancel()  # (sent already: a borrowed call)
+            # Two threads may get here at once (a caller about to wait, the
+            # dispatcher about to complete it): exactly one Future is made.
+            with _making_futures:
+                future = self._future
+                if future is None:
+                    future = Future()
+                    future._lifepool_call = self  # type: ignore[attr-defined]  # for LifecyclePool._abandon
+                    if self.attempts:
+                        future.set_running_or_notify_cancel()  # (sent already: a borrowed call)
+                    self._future = future
         return future
 
 

@@ -231,7 +231,10 @@ class _Worker:
         """Read the frames already waiting; whether one interrupts *call_id* (others are kept)."""
         found = False
         while self.reader.ready() or self.conn.poll(0):
-            data = self.reader.recv()
+            try:
+                data = self.reader.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone: serve() finds out at its next read
             tag, frame_call, _, _ = _wire.unframe(data)
             if tag == _wire.INTERRUPT and frame_call == call_id:
                 found = True

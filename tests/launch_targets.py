@@ -53,8 +53,10 @@ def report_start(path: str, conn=None) -> None:
     with open(tmp, "w") as f:
         json.dump(state, f)
     os.rename(tmp, path)
-    if conn is not None:
-        conn.send_bytes(conn.recv_bytes() * 2)
+    if conn is not None:  # the container's end of its socket (lifepool._launch.ChildEnd)
+        from lifepool import _wire
+
+        _wire.send_bytes(conn.fileno(), _wire.Reader(conn.fileno()).recv() * 2)
 
 
 def exit_with(code: int) -> None:
