@@ -554,6 +554,16 @@ def opened(pool_cls: type[Pool], containers: int, warm_item: object = 0) -> Iter
         yield pool
 
 
+def all_started(pool: Pool, containers: int, s: Settings) -> None:
+    """Return once every one of the ``containers`` workers has answered a call (bounded by s.timeout)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + s.timeout
+    while len(seen) < containers and time.monotonic() < deadline:
+        seen |= pool.pids(2 * containers, s.pid_delay)
+    if len(seen) < containers:
+        print(f"only {len(seen)} of {containers} workers answered", file=sys.stderr)
+
+
 def expect(got: object, wanted: object) -> None:
     """Fail the measurement if a pool returned something else than expected."""
     if got != wanted:
@@ -643,6 +653,7 @@ def measure_scaling(pool_cls: type[Pool], containers: int, s: Settings) -> dict[
     """Overhead per call of ``scaling_calls`` pipelined calls on ``containers`` workers."""
     xs = range(s.scaling_calls)
     with opened(pool_cls, containers) as pool:
+        all_started(pool, containers, s)  # steady state: no worker is still starting
         start = time.perf_counter()
         out = pool.pipelined(xs)
         elapsed = time.perf_counter() - start
