@@ -87,7 +87,7 @@ TIMEOUT_UNWIND_SECONDS = 2.0
 
 # Calls a busy container (max_inputs=1) may be sent beyond the one it runs,
 # while more than that many calls per container are queued: see _schedule_ahead.
-SEND_AHEAD = 8
+SEND_AHEAD = 16
 
 
 class PoolState(enum.Enum):
