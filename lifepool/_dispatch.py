@@ -122,7 +122,19 @@ class Call:
     (queued calls, errors on the way, interrupts, crashes) makes it.
     """
 
-    __slots__ = ("_future", "attempts", "body", "container", "crashes", "id", "kind", "label", "sink", "stream")
+    __slots__ = (
+        "_future",
+        "attempts",
+        "body",
+        "chunk",
+        "container",
+        "crashes",
+        "id",
+        "kind",
+        "label",
+        "sink",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -132,6 +144,7 @@ class Call:
         kind: str | None = None,
         sink: Callable[[tuple[str, Any]], None] | None = None,
         stream: bool = False,
+        chunk: bool = False,
     ) -> None:
         self.id = call_id
         self._future: Future[Any] | None = None
@@ -140,6 +153,7 @@ class Call:
         self.kind = kind  # None, or the name of a @batched method (its own capacity)
         self.sink = sink  # streams: receives ("item", value), ("end", None), ("error", exc)
         self.stream = stream  # a remote_gen call: runs beside other calls in its container
+        self.chunk = chunk  # a chunk of map inputs: a few milliseconds of work
         self.attempts = 0  # times sent to a container
         self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
@@ -806,15 +820,18 @@ class Dispatcher:
         for kind, pending in self.pending.items():
             if pending:
                 self._schedule_kind(kind, pending, self._free[kind], self.capacity[kind])
-        if self.ahead and len(self.pending[None]) > self.ahead * self.containers_wanted:
-            self._schedule_ahead(self.pending[None])
+        pending = self.pending[None]
+        if self.ahead and pending and (len(pending) > self.ahead * self.containers_wanted or pending[0].chunk):
+            self._schedule_ahead(pending)
 
     def _schedule_ahead(self, pending: collections.deque[Call]) -> None:
         """Send queued calls to busy containers, to wait in their pipes behind the call they run.
 
         Only while more calls are queued than SEND_AHEAD per container (a
         backlog: every call waits anyway, so none waits longer for being sent
-        ahead, unless calls differ a lot in length), only with
+        ahead, unless calls differ a lot in length), or for map's chunks
+        (each is a few milliseconds of work: waiting behind one costs little,
+        and the container never idles between two chunks); only with
         max_inputs=1 (a container then runs its calls one at a time, in the
         order sent: so when it dies, the first call it had not answered is
         the one it ran, and those after it never started), no timeout and no
@@ -830,7 +847,7 @@ class Dispatcher:
         limit = self.max_inputs + self.ahead
         keep = self.ahead * self.containers_wanted
         batches: dict[ContainerRecord, list[bytes]] = {}
-        while len(pending) > keep and spare:
+        while pending and spare and (len(pending) > keep or pending[0].chunk):
             record = spare[0]
             load = record.load[None]
             # (stale, or not busy after all: its free slot is offered to queued calls first)

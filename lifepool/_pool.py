@@ -303,8 +303,8 @@ class LifecyclePool(concurrent.futures.Executor):
         except Exception as error:
             error.add_note(f"lifepool: the arguments of {label} could not be pickled")
             raise
-        stream = sink is not None and not isinstance(what, _wire.Chunk)
-        call = Call(next(_call_ids), body, label, kind, sink, stream)
+        chunk = isinstance(what, _wire.Chunk)
+        call = Call(next(_call_ids), body, label, kind, sink, stream=sink is not None and not chunk, chunk=chunk)
         if _wire.has_segments(body):
             # The body's shared memory lives until the call is over (it may be retried).
             call.future.add_done_callback(lambda _: _wire.discard(body))
