@@ -55,6 +55,7 @@ still holds, so nothing waits forever.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import heapq
 import logging
@@ -132,6 +133,7 @@ class Call:
         "id",
         "kind",
         "label",
+        "revoking",
         "sink",
         "stream",
     )
@@ -154,6 +156,7 @@ class Call:
         self.sink = sink  # streams: receives ("item", value), ("end", None), ("error", exc)
         self.stream = stream  # a remote_gen call: runs beside other calls in its container
         self.chunk = chunk  # a chunk of map inputs: a few milliseconds of work
+        self.revoking = False  # sent ahead, and asked back for an idle container (see _steal)
         self.attempts = 0  # times sent to a container
         self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
@@ -275,6 +278,7 @@ class Dispatcher:
         # Calls a busy container may be sent ahead, to wait in its pipe (see _schedule_ahead).
         self.ahead = SEND_AHEAD if self.fast_path and self.max_calls is None else 0
         self._spare: collections.deque[ContainerRecord] = collections.deque()
+        self._ahead_in: set[ContainerRecord] = set()  # containers that were sent calls ahead (see _steal)
 
         self.thread = threading.Thread(target=self._run, name=f"lifepool-dispatch-{pool_name}", daemon=True)
         self.thread.start()
@@ -577,6 +581,13 @@ class Dispatcher:
         tag, call_id, flag, body = _wire.unframe(data)
         if tag == _wire.RESULT:
             self._result(record, call_id, flag, body)
+        elif tag == _wire.RETURNED:
+            call = record.inflight.pop(call_id, None)
+            if call is not None:
+                call.revoking = False
+                self._release_slot(record, call)
+                if not call.future.done():
+                    self.pending[call.kind].appendleft(call)  # sent again: not a retry
         elif tag == _wire.ITEM:
             call = record.inflight.get(call_id)
             if call is None or call.sink is None or call.future.done():
@@ -823,6 +834,39 @@ class Dispatcher:
         pending = self.pending[None]
         if self.ahead and pending and (len(pending) > self.ahead * self.containers_wanted or pending[0].chunk):
             self._schedule_ahead(pending)
+        if self._ahead_in and not pending:
+            self._steal()
+
+    def _steal(self) -> None:
+        """Ask busy containers for calls sent ahead that have not started, for the idle ones.
+
+        With nothing queued and a container idle, a call waiting in another
+        container's pipe behind a long call would wait for nothing: the
+        dispatcher sends that container a REVOKE frame and a signal. The
+        container gives the call back (RETURNED) if it has not started it, and
+        the call is queued again (the next _schedule sends it to the idle
+        container); if it has started, its answer comes as usual.
+        """
+        if self._abort or self.state is not PoolState.RUNNING:
+            return
+        idle = sum(1 for r in self._free[None] if r.state is ContainerState.READY and not r.inflight)
+        candidates = []
+        for record in list(self._ahead_in):
+            if record.state not in _SERVING or record.load[None] <= self.max_inputs:
+                self._ahead_in.discard(record)
+                continue
+            waiting = list(record.inflight.values())[self.max_inputs :]  # (those behind the running call)
+            idle -= sum(call.revoking for call in waiting)  # asked back already: an idle container each
+            candidates.append((record, waiting))
+        for record, waiting in candidates:
+            for call in reversed(waiting):  # the last sent first: the furthest from starting
+                if idle <= 0:
+                    return
+                if not call.revoking:
+                    call.revoking = True
+                    idle -= 1
+                    self._send(record, _wire.frame(_wire.REVOKE, call.id))
+                    self._signal(record)
 
     def _schedule_ahead(self, pending: collections.deque[Call]) -> None:
         """Send queued calls to busy containers, to wait in their pipes behind the call they run.
@@ -865,6 +909,7 @@ class Dispatcher:
                 record.spare = False
             batches.setdefault(record, []).append(_wire.frame(_wire.CALL, call.id, 0, call.body))
         for record, frames in batches.items():
+            self._ahead_in.add(record)
             self._send_many(record, frames)
 
     def _schedule_kind(
@@ -903,6 +948,7 @@ class Dispatcher:
             self._in_hand.clear()
             return None  # cancelled while queued
         call.attempts += 1
+        call.revoking = False
         call.container = record
         record.inflight[call.id] = call
         record.load[kind] += 1
@@ -977,6 +1023,12 @@ class Dispatcher:
             record = call.container
             if record is not None and call.id in record.inflight:
                 self._interrupt(record, call)
+            elif call.attempts and not call.future.done():
+                # Sent, then queued again unstarted (given back, or its container
+                # died): it is dropped from the queue instead of running later.
+                with contextlib.suppress(ValueError):
+                    self.pending[call.kind].remove(call)
+                    call.future.set_exception(KeyboardInterrupt("interrupted before it ran"))
         elif kind == "shutdown":
             _, cancel_futures, exit_blob, abort = command
             if exit_blob is not None and self._exit_blob is None:

@@ -42,6 +42,7 @@ CALL = 1  # call_id, body = dumps((method name or callable, args, kwargs))
 INTERRUPT = 2  # call_id: stop that call if it is still running
 EXIT = 3  # body = exception blob (flag 1) or empty: run the exit hooks and quit
 CREDIT = 4  # call_id, body = COUNT: the stream consumer can take that many more items
+REVOKE = 5  # call_id: give back this call sent ahead, if it has not started (answer: RETURNED)
 
 # container -> parent
 ENTERING = 11  # call_id = pid: the target is unpickled, the enter hooks run
@@ -50,6 +51,7 @@ ENTER_FAILED = 13  # body = exception blob
 RESULT = 14  # call_id, flag 1 = ok: body = dumps(value); flag 0: exception blob
 EXITED = 15  # body = pickled list of exception blobs from failing exit hooks
 ITEM = 16  # call_id, body = dumps(item): one item of a streaming call
+RETURNED = 17  # call_id: a call sent ahead, given back unstarted after a REVOKE
 
 COUNT = struct.Struct("<I")
 

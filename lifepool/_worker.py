@@ -93,6 +93,8 @@ class _State:
     call_id: int | None = None  # the inline call it runs (None: an enter hook)
     parent_gone = False
     missed = False  # an interrupt signal came while no user code ran (see run_user)
+    reading = False  # signalled() is reading the pipe (a nested handler must not read too)
+    again = False  # a signal came while it read: read again before returning
     worker: _Worker | None = None
 
 
@@ -101,16 +103,20 @@ _state = _State()
 
 def _on_interrupt_signal(signum: int, frame: object) -> None:
     state = _state
+    if state.reading:
+        state.again = True  # a handler (or run_user) below is reading: it looks again
+        return
     if not state.in_user_code:
         state.missed = True
         return
     if state.parent_gone:
         state.in_user_code = False
         raise ParentExitedError("the parent process exited without shutting the pool down")
-    # The parent writes the INTERRUPT frame before it signals: read ahead to
-    # see which call the signal is for. It may be one sent ahead, waiting in
-    # the pipe behind this one; that one is then skipped when its turn comes.
-    if state.call_id is not None and state.worker is not None and not state.worker._interrupt_waiting(state.call_id):
+    # The parent writes the INTERRUPT (or REVOKE) frame before it signals:
+    # read ahead to see which call the signal is for. It may be one sent
+    # ahead, waiting in the pipe behind this one: that one is skipped when
+    # its turn comes, or given back to the parent at once.
+    if state.call_id is not None and state.worker is not None and not state.worker.signalled(state.call_id):
         return
     state.in_user_code = False  # one interrupt per call
     raise KeyboardInterrupt("interrupted by the lifepool parent")
@@ -179,6 +185,9 @@ class _Worker:
         self._stash: collections.deque[bytes] = collections.deque()  # frames read ahead (run_user)
         self._revoked: set[int] = set()  # calls whose INTERRUPT frame was read ahead of their CALL
         self._skipped: set[int] = set()  # calls answered "interrupted" without being run
+        self._stashed_calls: set[int] = set()  # CALL frames read ahead into the stash: not started
+        self._returned: set[int] = set()  # calls given back (REVOKE) before they started: skipped
+        self._to_return: list[int] = []  # given back, the answer not sent yet
         self._batchers: dict[str, _Batcher] = {}
         self._how: dict[str, str] = {}  # method name -> how it runs (see how_to_run), found once
 
@@ -217,7 +226,7 @@ class _Worker:
         try:
             if state.missed:
                 state.missed = False
-                if call_id is None or self._interrupt_waiting(call_id):
+                if call_id is None or self.signalled(call_id):
                     raise KeyboardInterrupt("interrupted by the lifepool parent")
             if is_async is None:
                 is_async = _hooks.is_async(func)
@@ -227,6 +236,25 @@ class _Worker:
         finally:
             state.in_user_code = False
 
+    def signalled(self, call_id: int) -> bool:
+        """After a signal, in user code: whether it interrupts *call_id*; calls asked back are given back.
+
+        Signals that come meanwhile (they may nest in a handler) are not lost:
+        they make this read the pipe again.
+        """
+        state = _state
+        state.reading = True
+        try:
+            while True:
+                state.again = False
+                if self._interrupt_waiting(call_id):
+                    return True
+                self.send_returns(blocking=False)  # calls given back go to an idle container now
+                if not state.again:
+                    return False
+        finally:
+            state.reading = False
+
     def _interrupt_waiting(self, call_id: int) -> bool:
         """Read the frames already waiting; whether one interrupts *call_id* (others are kept)."""
         found = False
@@ -235,14 +263,40 @@ class _Worker:
                 data = self.reader.recv()
             except (EOFError, OSError):
                 break  # the parent is gone: serve() finds out at its next read
-            tag, frame_call, _, _ = _wire.unframe(data)
-            if tag == _wire.INTERRUPT and frame_call == call_id:
-                found = True
-            else:
-                if tag == _wire.INTERRUPT:
-                    self._revoked.add(frame_call)  # (a call sent ahead, or one that is over)
-                self._stash.append(data)  # serve() handles it next, in order
+            found = self._read_ahead(data, call_id) or found
         return found
+
+    def _read_ahead(self, data: bytes | bytearray, call_id: int) -> bool:
+        """Note a frame read ahead; whether it interrupts *call_id* (others are stashed for serve())."""
+        tag, frame_call, _, _ = _wire.unframe(data)
+        if tag == _wire.INTERRUPT and frame_call == call_id:
+            return True
+        if tag == _wire.REVOKE:
+            if frame_call in self._stashed_calls:  # read ahead, so not started: give it back
+                self._stashed_calls.discard(frame_call)
+                self._returned.add(frame_call)
+                self._to_return.append(frame_call)
+            return False
+        if tag == _wire.INTERRUPT:
+            self._revoked.add(frame_call)  # (a call sent ahead, or one that is over)
+        elif tag == _wire.CALL:
+            self._stashed_calls.add(frame_call)
+        self._stash.append(data)  # serve() handles it next, in order
+        return False
+
+    def send_returns(self, *, blocking: bool) -> None:
+        """Answer RETURNED for the calls given back. From the signal handler (not *blocking*),
+        only if the send lock is free: the main thread may hold it, interrupted mid-send."""
+        if not self._to_return or not self._send_lock.acquire(blocking=blocking):
+            return
+        try:
+            frames = [_wire.frame(_wire.RETURNED, call_id) for call_id in self._to_return]
+            self._to_return.clear()
+            _wire.send_many(self.fd, frames)
+        except OSError:
+            pass  # the parent is gone: serve() finds out at its next read
+        finally:
+            self._send_lock.release()
 
     # -- lifecycle --------------------------------------------------------
     def enter(self, target_blob: bytes) -> None:
@@ -486,8 +540,14 @@ class _Worker:
                 data = self._stash.popleft() if self._stash else self.reader.recv()
             except (EOFError, OSError):
                 return _raised(ParentExitedError("the parent process is gone (pipe closed)"))
+            if self._to_return:
+                self.send_returns(blocking=True)
             tag, call_id, flag, body = _wire.unframe(data)
             if tag == _wire.CALL:
+                self._stashed_calls.discard(call_id)
+                if call_id in self._returned:  # given back to the parent unstarted
+                    self._returned.discard(call_id)
+                    continue
                 if call_id in self._revoked:  # interrupted while it waited in the pipe
                     self._revoked.discard(call_id)
                     self._skipped.add(call_id)

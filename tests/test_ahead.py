@@ -115,3 +115,18 @@ def test_no_backlog_no_sending_ahead(hookdir):
         release.touch()
         assert first.result(timeout=30) == "released"
         assert [f.result(timeout=30) for f in queued[1:]] == list(range(1, SEND_AHEAD))
+
+
+def test_calls_waiting_behind_a_long_call_move_to_an_idle_container(hookdir):
+    # Two containers: one is stuck in a long call with calls sent ahead behind
+    # it; the other runs out of work. Those calls are asked back (REVOKE) and
+    # run on the idle container, while the long call still runs.
+    with lifepool.LifecyclePool(Ahead, containers=2) as pool:
+        release, started = hookdir / "release", hookdir / "started"
+        first = pool.block.spawn(str(release), str(started))
+        wait_for_path(started)
+        rest = [pool.run.spawn(str(hookdir), i) for i in range(3 * SEND_AHEAD * 2)]
+        assert [f.result(timeout=30) for f in rest] == list(range(len(rest)))
+        assert not first.done()
+        release.touch()
+        assert first.result(timeout=30) == "released"
