@@ -131,6 +131,7 @@ class Call:
         "container",
         "crashes",
         "id",
+        "interrupted",
         "kind",
         "label",
         "revoking",
@@ -157,6 +158,7 @@ class Call:
         self.stream = stream  # a remote_gen call: runs beside other calls in its container
         self.chunk = chunk  # a chunk of map inputs: a few milliseconds of work
         self.revoking = False  # sent ahead, and asked back for an idle container (see _steal)
+        self.interrupted = False  # the parent asked its container to interrupt it: never sent again
         self.attempts = 0  # times sent to a container
         self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
@@ -586,7 +588,9 @@ class Dispatcher:
             if call is not None:
                 call.revoking = False
                 self._release_slot(record, call)
-                if not call.future.done():
+                if call.interrupted:  # (the interrupt crossed the REVOKE): it ends here, unstarted
+                    self._fail(call, KeyboardInterrupt("interrupted before it ran"), None)
+                elif not call.future.done():
                     self.pending[call.kind].appendleft(call)  # sent again: not a retry
         elif tag == _wire.ITEM:
             call = record.inflight.get(call_id)
@@ -704,6 +708,7 @@ class Dispatcher:
                 pass
 
     def _interrupt(self, record: ContainerRecord, call: Call) -> None:
+        call.interrupted = True
         self._send(record, _wire.frame(_wire.INTERRUPT, call.id))
         self._signal(record)
 
@@ -799,7 +804,7 @@ class Dispatcher:
         for position, call in reversed(list(enumerate(calls))):
             if call.future.done():
                 continue
-            if self.ahead and position > 0 and self.state is PoolState.RUNNING:
+            if self.ahead and position > 0 and self.state is PoolState.RUNNING and not call.interrupted:
                 # Sent ahead, never started (see _schedule_ahead): not a crash of its own.
                 self.pending[call.kind].appendleft(call)
                 continue
@@ -862,7 +867,7 @@ class Dispatcher:
             for call in reversed(waiting):  # the last sent first: the furthest from starting
                 if idle <= 0:
                     return
-                if not call.revoking:
+                if not call.revoking and not call.interrupted:
                     call.revoking = True
                     idle -= 1
                     self._send(record, _wire.frame(_wire.REVOKE, call.id))
@@ -1046,6 +1051,8 @@ class Dispatcher:
                         # Every frame first, then one signal: the container reads
                         # them all when the signal comes, so none of the calls
                         # waiting in its pipe (sent ahead) starts afterwards.
+                        for call in record.inflight.values():
+                            call.interrupted = True
                         self._send_many(record, [_wire.frame(_wire.INTERRUPT, c) for c in record.inflight])
                         self._signal(record)
                     elif record.state is ContainerState.ENTERING:

@@ -248,6 +248,8 @@ class _Worker:
             while True:
                 state.again = False
                 if self._interrupt_waiting(call_id):
+                    if state.again:  # a later signal may be for a call after this one: check at its start
+                        state.missed = True
                     return True
                 self.send_returns(blocking=False)  # calls given back go to an idle container now
                 if not state.again:
