@@ -88,6 +88,8 @@ def test_map_over_an_endless_generator_is_lazy_and_windowed(pool):
     results = pool.double.map(endless())
     assert list(itertools.islice(results, 10)) == [2 * i for i in range(10)]
     results.close()
+    with pytest.raises(StopIteration):  # closed, as a generator would be
+        next(results)
     # bounded: the window is 2 x containers x max_inputs calls (plus the one being
     # yielded), and quick inputs travel in chunks of at most MAX_CHUNK inputs per call
     assert next(consumed) <= 10 + (2 * 2 * 1 + 1) * _ChunkedMap.MAX_CHUNK
