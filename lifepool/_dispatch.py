@@ -369,6 +369,7 @@ class Dispatcher:
         dispatcher reaps.
         """
         recv = record.reader.recv
+        answer = None  # (ok, body) of a RESULT this thread took off the books
         try:
             while True:
                 try:
@@ -391,9 +392,8 @@ class Dispatcher:
                     record.calls_done += 1
                     self._release_slot(record, call)
                     self._give_back(record)
-                if self.commands or self._any_pending():
-                    self.wake()
-                return _decode_answer(call, record, ok, body)
+                    answer = ok, body
+                    break
         except BaseException:
             with self._lock:
                 call.future  # noqa: B018 - the dispatcher finishes it from here on
@@ -403,7 +403,7 @@ class Dispatcher:
             raise
         if self.commands or self._any_pending():
             self.wake()
-        return False, None
+        return (False, None) if answer is None else _decode_answer(call, record, *answer)
 
     def _give_back(self, record: ContainerRecord) -> None:
         record.borrowed = False
@@ -712,25 +712,17 @@ class Dispatcher:
         self._send(record, _wire.frame(_wire.INTERRUPT, call.id))
         self._signal(record)
 
-    def _send(self, record: ContainerRecord, data: bytes) -> bool:
-        if record.conn is None:
-            return False
-        if not record.watched:
-            self._watch(record)  # (not while lent: the borrower reads the answer)
-        try:
-            _wire.send_bytes(record.fd, data)
-            return True
-        except OSError:
-            return False  # it is dying; its sentinel will tell
-
-    def _send_many(self, record: ContainerRecord, frames: list[bytes]) -> None:
-        """Send several frames in one write."""
+    def _send(self, record: ContainerRecord, *frames: bytes) -> None:
+        """Send *frames* (several: in one write); a container that is dying is left to its sentinel."""
         if record.conn is None:
             return
         if not record.watched:
-            self._watch(record)
+            self._watch(record)  # (not while lent: the borrower reads the answer)
         try:
-            _wire.send_many(record.fd, frames)
+            if len(frames) == 1:
+                _wire.send_bytes(record.fd, frames[0])
+            else:
+                _wire.send_many(record.fd, list(frames))
         except OSError:
             pass  # it is dying; its sentinel will tell
 
@@ -915,7 +907,7 @@ class Dispatcher:
             batches.setdefault(record, []).append(_wire.frame(_wire.CALL, call.id, 0, call.body))
         for record, frames in batches.items():
             self._ahead_in.add(record)
-            self._send_many(record, frames)
+            self._send(record, *frames)
 
     def _schedule_kind(
         self,
@@ -1053,7 +1045,7 @@ class Dispatcher:
                         # waiting in its pipe (sent ahead) starts afterwards.
                         for call in record.inflight.values():
                             call.interrupted = True
-                        self._send_many(record, [_wire.frame(_wire.INTERRUPT, c) for c in record.inflight])
+                        self._send(record, *[_wire.frame(_wire.INTERRUPT, c) for c in record.inflight])
                         self._signal(record)
                     elif record.state is ContainerState.ENTERING:
                         self._signal(record)
