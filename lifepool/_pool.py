@@ -237,6 +237,7 @@ class LifecyclePool(concurrent.futures.Executor):
         except KeyboardInterrupt:
             # Interrupted again while asking the pool to stop: stop it now. Like
             # any Ctrl-C during the wait below, it is folded into exc (one traceback).
+            logger.warning("lifepool pool %r: interrupted again; killing the containers now", self.name)
             self._dispatcher.shutdown(True, None, True)
             self._dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
             aborting = True

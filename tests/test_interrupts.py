@@ -32,8 +32,9 @@ PRELUDE = textwrap.dedent(
 
     def mark(event, text=""):
         path = DIR / f"{event}-{os.getpid()}"
-        path.with_suffix(".tmp").write_text(text)
-        path.with_suffix(".tmp").rename(path)
+        tmp = DIR / f".{path.name}.tmp"  # (a name no "event-*" pattern matches)
+        tmp.write_text(text)
+        tmp.rename(path)
 
     class Worker:
         def __init__(self, hang_in_exit=False, hang_in_enter=False):
