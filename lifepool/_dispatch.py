@@ -63,6 +63,7 @@ import os
 import pickle
 import selectors
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -450,6 +451,46 @@ class Dispatcher:
     def control(self, *command: Any) -> None:
         self.commands.append(command)
         self.wake()
+
+    def forget_after_fork(self) -> None:
+        """In a child forked from this process: the pool and its containers stay the parent's.
+
+        Only the forking thread exists in the child, so locks another thread
+        held at the fork are made anew, never waited for. New calls are
+        refused; the calls the child was waiting for fail at once (no thread
+        of the child would ever complete them); shutting the pool down in the
+        child returns at once, since only the parent stops its containers.
+        The child's copies of the containers' pipes and of the selector are
+        closed: a container must see its pipe close when its parent goes, not
+        when the last fork of the parent goes. Nothing is written to any
+        container or to the dispatcher's wake-up pipe.
+        """
+        owner = self.worker_options["parent_pid"]
+        message = f"pool {self.name!r} belongs to process {owner}; a process forked from it cannot use it"
+        self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._refusal = lambda: RuntimeError(message)
+        self._wake_pending = True  # wake() writes nothing (the pipe is the parent dispatcher's)
+        self.commands.clear()
+        waiting = [call for pending in self.pending.values() for call in pending] + self._in_hand
+        for record in self.slots:
+            if record is None:
+                continue
+            waiting.extend(record.inflight.values())
+            if record.conn is not None:
+                record.conn.close()
+            _forget_process(record.process)
+        self._selector.close()
+        self.state = PoolState.CLOSED
+        self.exit_errors = []
+        self.closed = threading.Event()
+        self.closed.set()
+        for call in waiting:
+            future = call._future
+            if future is not None:
+                future._condition._at_fork_reinit()  # type: ignore[attr-defined]  # (the stdlib's own fork hook)
+                if not future.done():
+                    future.set_exception(RuntimeError(message))
 
     # ------------------------------------------------------------------
     # the dispatcher thread
@@ -1133,3 +1174,22 @@ def _describe_exit(code: int | None) -> str:
 def _close_fds(*fds: int) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def _forget_process(process: Any) -> None:
+    """In a forked child: *process* is not this child's to join or terminate.
+
+    multiprocessing would otherwise, at the child's exit, send SIGTERM to a
+    daemonic container of the parent's (start methods other than "exec").
+    """
+    process_module = sys.modules.get("multiprocessing.process")
+    if process is not None and process_module is not None:
+        process_module._children.discard(process)  # type: ignore[attr-defined]
+
+
+def _remake_lock_after_fork() -> None:
+    global _making_futures
+    _making_futures = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_remake_lock_after_fork)

@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import math
+import os
 import sys
 import threading
 import types
@@ -422,6 +423,25 @@ def _at_interpreter_exit() -> None:
 
 
 threading._register_atexit(_at_interpreter_exit)
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while pools are alive (``os.fork``, multiprocessing's "fork").
+
+    The pools and their containers stay the parent's: the child forgets them
+    (see Dispatcher.forget_after_fork), so that its exit neither waits for
+    them nor stops them, and it leaves SIGTERM to its default action.
+    """
+    global _live_lock
+    _live_lock = threading.Lock()
+    dispatchers = list(_live)
+    _live.clear()
+    for dispatcher in dispatchers:
+        dispatcher.forget_after_fork()
+    _signals.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _as_if_propagated(error: BaseException) -> BaseException:

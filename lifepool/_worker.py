@@ -101,6 +101,17 @@ class _State:
 _state = _State()
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM in a container: nothing to do (see main)."""
+
+
+def _signals_after_fork() -> None:
+    """A process forked in a container (multiprocessing's "fork", ``os.fork``) starts with Python's defaults."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(INTERRUPT_SIGNAL, signal.SIG_DFL)
+
+
 def _on_interrupt_signal(signum: int, frame: object) -> None:
     state = _state
     if state.reading:
@@ -751,8 +762,15 @@ def _watch_parent(conn_fd: int, parent_pid: int) -> None:
 
 def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> None:
     """Entry point of a container process (the target of its Process object)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C and SIGTERM reach the containers too (they share the parent's
+    # process group); the parent decides what they mean. They are ignored by a
+    # handler that does nothing, not by SIG_IGN, which would outlive exec: the
+    # user's subprocesses would ignore Ctrl-C and terminate() for good. Exec
+    # resets a handler; _signals_after_fork resets it in forks.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _ignore_signal)
+        signal.siginterrupt(signum, False)  # system calls restart: no EINTR for C code
+    os.register_at_fork(after_in_child=_signals_after_fork)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a

@@ -32,12 +32,12 @@ class Surroundings:
 
 
 def process_signals() -> dict[str, set[int]]:
-    """The signal numbers this process blocks and ignores (from /proc/self/status)."""
+    """The signal numbers this process blocks, ignores and catches (from /proc/self/status)."""
     found = {}
     with open("/proc/self/status") as status:
         for line in status:
             key, _, value = line.partition(":")
-            if key in ("SigBlk", "SigIgn"):
+            if key in ("SigBlk", "SigIgn", "SigCgt"):
                 mask = int(value.strip(), 16)
                 found[key] = {n for n in range(1, 65) if mask & (1 << (n - 1))}
     return found

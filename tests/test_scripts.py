@@ -481,3 +481,140 @@ with lifepool.LifecyclePool(Recorder, containers=2) as pool:
         assert remote is not None
         assert f'File "{run.script}", line {line}, in <module>\n    {text}\n' in remote, remote
         assert "Unpicklable: holds a lock" in remote, remote
+
+
+# ---------------------------------------------------------------------------
+# forks: of a program with a pool open, and of a container
+# ---------------------------------------------------------------------------
+
+ECHO_CLASS = """
+class Echo:
+    def __enter__(self):
+        mark("enter")
+
+    def echo(self, x):
+        return x
+
+    def __exit__(self, *exc_info):
+        mark("exit")
+"""
+
+
+def test_a_child_forked_while_a_pool_is_open_leaves_the_pool_to_its_parent(run_script):
+    # The child refuses calls, fails what it waited for, and leaves the with
+    # block and the interpreter at once: only the parent stops the containers.
+    run = run_script(
+        ECHO_CLASS
+        + """
+import signal
+with lifepool.LifecyclePool(Echo, containers=1) as pool:
+    waited = pool.echo.spawn(1)
+    waited.result(timeout=30)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool.echo.call(2)
+        except RuntimeError as error:
+            mark("child", refused=str(error), sigterm_default=signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    else:
+        deadline = time.monotonic() + 20
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                raise SystemExit("the forked child did not exit")
+            time.sleep(0.02)
+        after = pool.echo.call(3)
+if pid:
+    print(json.dumps({"after": after}))
+"""
+    )
+    assert run.returncode == 0, run
+    assert run.json_output() == {"after": 3}
+    (child,) = run.events("child").values()
+    assert "belongs to process" in child[0]["refused"] and "forked" in child[0]["refused"], child
+    assert child[0]["sigterm_default"], "the child should die by SIGTERM again, like a program without a pool"
+    assert len(run.events("exit")) == 1, "the parent, and only the parent, stops its container"
+
+
+def test_a_fork_multiprocessing_pool_beside_an_open_pool_terminates(run_script):
+    # multiprocessing.Pool's exit sends SIGTERM to its forked workers; they
+    # must die of it, not turn it into lifepool.Terminated and then wait at
+    # exit for pools that are their parent's.
+    run = run_script(
+        ECHO_CLASS
+        + """
+import multiprocessing
+import warnings
+
+warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: fork() in a process with threads)
+
+
+def square(x):
+    return x * x
+
+
+with lifepool.LifecyclePool(Echo, containers=1) as pool:
+    with multiprocessing.get_context("fork").Pool(2) as mp_pool:
+        squares = mp_pool.map(square, range(10))
+    print(json.dumps({"squares": squares, "echo": pool.echo.call(5)}))
+"""
+    )
+    assert run.returncode == 0, run
+    assert run.json_output() == {"squares": [x * x for x in range(10)], "echo": 5}
+
+
+def test_processes_a_container_starts_get_default_signal_handling(run_script):
+    # A container ignores Ctrl-C and SIGTERM itself (the parent decides), but
+    # what it starts -- subprocesses and forks -- must not inherit that.
+    run = run_script(
+        """
+import signal
+import subprocess
+
+REPORT = (
+    "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+    " signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)"
+)
+
+
+class Starter:
+    def __enter__(self):
+        mark("enter")
+
+    def subprocess_signals(self):
+        return subprocess.run([sys.executable, "-c", REPORT], capture_output=True, text=True, timeout=30).stdout.split()
+
+    def terminate_a_subprocess(self):
+        sleeper = "import time; print(flush=True); time.sleep(60)"
+        child = subprocess.Popen([sys.executable, "-c", sleeper], stdout=subprocess.PIPE)
+        child.stdout.readline()  # started, past Python's start-up
+        child.terminate()
+        return child.wait(timeout=30)
+
+    def fork_signals(self):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            seen = [
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL,
+            ]
+            os.write(w, json.dumps(seen).encode())
+            os._exit(0)
+        os.close(w)
+        seen = json.loads(os.read(r, 1000))
+        os.waitpid(pid, 0)
+        return seen
+
+
+with lifepool.LifecyclePool(Starter, containers=1) as pool:
+    print(json.dumps({
+        "subprocess": pool.subprocess_signals.call(),
+        "terminated": pool.terminate_a_subprocess.call(),
+        "fork": pool.fork_signals.call(),
+    }))
+"""
+    )
+    assert run.returncode == 0, run
+    assert run.json_output() == {"subprocess": ["True", "True"], "terminated": -15, "fork": [True, True, True]}
