@@ -31,7 +31,7 @@ import inspect
 import itertools
 import queue
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -196,10 +196,10 @@ def map_calls(
     *arg_tuples* yields argument tuples, or with *single* the one argument of each call.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    inputs = iter(arg_tuples)
     if chunkable and kind is None and pool._can_chunk():
-        chunked = _ChunkedMap(pool, what, label, inputs, single, order_outputs, return_exceptions, deadline)
+        chunked = _ChunkedMap(pool, what, label, arg_tuples, single, order_outputs, return_exceptions, deadline)
         return chunked.results()
+    inputs = iter(arg_tuples)
     window = pool._window(kind)
     in_flight: collections.deque[Future[Any]] = collections.deque()
     finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
@@ -247,8 +247,11 @@ class _ChunkedMap:
     results (big inputs make small chunks). The values of a chunk travel as one
     pickle. Inputs that each take longer than CHUNK_SECONDS stay one per
     call. ``map`` over one iterable sends the inputs themselves, not a
-    one-argument tuple each; the container runs a chunk through the built-in
-    ``map``/``itertools.starmap`` in runs, at C speed. Each input keeps its own result or error. A chunk whose container
+    one-argument tuple each, and cuts a list, tuple or range into chunks by
+    slicing (a slice of a range travels as a range, not as its numbers); the
+    container runs a chunk through the built-in ``map``/``itertools.starmap``
+    in runs, at C speed. Results come out through ``itertools.chain``, a
+    chunk's list at a time. Each input keeps its own result or error. A chunk whose container
     dies fails only the inputs whose outcomes had not come back yet (the
     container sends finished outcomes every few milliseconds). Chunking is
     used only when the pool has no ``timeout`` and no ``retries``, whose
@@ -258,13 +261,15 @@ class _ChunkedMap:
     CHUNK_SECONDS = 0.005
     MAX_CHUNK = 16384
     CHUNK_BYTES = 4 << 20
+    # Exact types whose slices hold the same items as iterating them would give.
+    SLICED = (list, tuple, range)
 
     def __init__(
         self,
         pool: LifecyclePool,
         what: Any,
         label: str,
-        inputs: Iterator[Any],
+        inputs: Iterable[Any],
         single: bool,
         order_outputs: bool,
         return_exceptions: bool,
@@ -273,7 +278,11 @@ class _ChunkedMap:
         self.pool = pool
         self.what = what
         self.label = label
-        self.inputs = inputs
+        # Single inputs from a list, tuple or range are taken by slicing; anything else through its iterator.
+        self.sequence: Sequence[Any] | None = inputs if single and type(inputs) in self.SLICED else None  # type: ignore[assignment]
+        self.inputs: Iterator[Any] | None = None if self.sequence is not None else iter(inputs)
+        self.position = 0  # of the next input in self.sequence
+        self.current: list[Any] = []  # the values being handed out
         self.single = single  # inputs are single arguments, not argument tuples
         self.order_outputs = order_outputs
         self.return_exceptions = return_exceptions
@@ -287,8 +296,17 @@ class _ChunkedMap:
             while len(self.in_flight) < self.window and self.submit_next():
                 pass
 
+    def take(self) -> Sequence[Any]:
+        """The next chunk's inputs, up to ``self.size`` of them (argument tuples are unpacked in the container)."""
+        if self.sequence is None:
+            return list(itertools.islice(self.inputs, self.size))  # type: ignore[arg-type]
+        start = self.position
+        inputs = self.sequence[start : start + self.size]
+        self.position = start + len(inputs)
+        return inputs
+
     def submit_next(self) -> bool:
-        inputs = list(itertools.islice(self.inputs, self.size))  # argument tuples are unpacked in the container
+        inputs = self.take()
         if not inputs:
             return False
         partial: list[Any] = []
@@ -306,6 +324,17 @@ class _ChunkedMap:
         return True
 
     def results(self) -> Iterator[Any]:
+        """The values, one per input: a C iterator over the lists :meth:`chunk_values` makes."""
+        chunks = self.chunk_values()
+        results = _MapResults.from_iterable(chunks)
+        results._chunks, results._map = chunks, self
+        return results
+
+    def chunk_values(self) -> Iterator[list[Any]]:
+        """The values of each chunk as it finishes; raise the first error unless ``return_exceptions``.
+
+        Dropping the iterator before the end abandons the chunks still out.
+        """
         interrupted = False
         try:
             while self.in_flight:
@@ -318,13 +347,14 @@ class _ChunkedMap:
                 self.in_flight.remove(entry)
                 values, errors = self.outcomes(*entry)
                 self.submit_next()
-                if not errors:
-                    yield from values  # the common case, at C speed
+                if not errors or self.return_exceptions:
+                    self.current = values
+                    yield values
                     continue
-                for position, value in enumerate(values):
-                    if position in errors and not self.return_exceptions:
-                        raise value
-                    yield value
+                first = min(errors)
+                self.current = values[:first]
+                yield self.current
+                raise values[first]
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -370,6 +400,18 @@ class _ChunkedMap:
             where = call.container.describe() if call.container is not None else "a container"
             exc.add_note(f"lifepool: raised in {where} by {self.label}")
         return exc
+
+
+class _MapResults(itertools.chain):
+    """What ``map`` returns for chunked inputs: a chain of each chunk's values, closable like a generator."""
+
+    _chunks: Generator[list[Any], None, None]
+    _map: _ChunkedMap
+
+    def close(self) -> None:
+        """Stop: the chunks still out are abandoned, and nothing more is handed out."""
+        self._chunks.close()
+        self._map.current.clear()  # (the chain holds an iterator over it)
 
 
 def _results(

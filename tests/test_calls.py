@@ -316,3 +316,44 @@ def test_big_inputs_make_small_chunks(pool):
     results = list(Recording(pool, len, "len", iter(blobs), True, True, False, None).results())
     assert results == [200_000] * 300
     assert max(sizes) <= 21  # 4 MiB (CHUNK_BYTES) of 200 kB inputs
+
+
+@pytest.mark.parametrize("kind", [list, tuple, range])
+def test_map_cuts_lists_tuples_and_ranges_by_slicing(pool, kind):
+    # No element-by-element iteration in the parent; a slice of a range
+    # travels as a range (a few bytes), not as its numbers.
+    from lifepool._handles import _ChunkedMap
+
+    taken: list = []
+    bodies: list[int] = []
+
+    class Recording(_ChunkedMap):
+        def take(self):
+            inputs = super().take()
+            taken.append(inputs)
+            return inputs
+
+        def submit_next(self):
+            went = super().submit_next()
+            if went:
+                bodies.append(len(self.in_flight[-1][0]._lifepool_call.body))
+            return went
+
+    count = 20_000
+    inputs = range(-count, 0) if kind is range else kind(range(-count, 0))
+    results = list(Recording(pool, abs, "abs", inputs, True, True, False, None).results())
+    assert results == list(range(count, 0, -1))
+    assert all(type(part) is kind for part in taken)
+    assert sum(map(len, taken)) == count and len(taken[-1]) == 0  # (the last take finds the end)
+    assert max(map(len, taken)) > 50  # chunks, not single inputs
+    if kind is range:
+        assert max(bodies) < 300
+
+
+def test_closing_a_chunked_map_stops_it_at_once(pool):
+    results = pool.double.map(range(100_000))
+    assert [next(results) for _ in range(10)] == [2 * i for i in range(10)]
+    results.close()
+    with pytest.raises(StopIteration):  # nothing more, not even the rest of the chunk in hand
+        next(results)
+    assert pool.double.call(4) == 8
