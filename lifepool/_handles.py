@@ -244,7 +244,7 @@ class _ChunkedMap:
     input; after each chunk the container reports how long its inputs took,
     and later chunks hold about CHUNK_SECONDS worth of inputs, at most
     MAX_CHUNK of them and at most about CHUNK_BYTES of pickled inputs or
-    results (big inputs make small chunks). The values of a chunk travel as one
+    results, shared-memory segments included (big inputs make small chunks). The values of a chunk travel as one
     pickle. Inputs that each take longer than CHUNK_SECONDS stay one per
     call. ``map`` over one iterable sends the inputs themselves, not a
     one-argument tuple each, and cuts a list, tuple or range into chunks by
@@ -317,7 +317,7 @@ class _ChunkedMap:
 
         chunk = _wire.Chunk(self.what, inputs, star=not self.single)
         future = self.pool._spawn(chunk, self.label, (), {}, None, sink)
-        self.limit_bytes(len(future._lifepool_call.body), len(inputs))  # type: ignore[attr-defined]
+        self.limit_bytes(_wire.size(future._lifepool_call.body), len(inputs))  # type: ignore[attr-defined]
         if not self.order_outputs:
             future.add_done_callback(self.finished.put)
         self.in_flight.append((future, partial, len(inputs)))
@@ -372,7 +372,7 @@ class _ChunkedMap:
         if error is None:
             ran, seconds, last = future.result()
             segments.append(last)
-            self.limit_bytes(sum(len(blob) for blob, _ in segments), count)
+            self.limit_bytes(sum(_wire.size(blob) for blob, _ in segments), count)
             per_input = seconds / max(ran, 1)
             by_time = int(self.CHUNK_SECONDS / max(per_input, 1e-7))
             self.size = max(1, min(self.MAX_CHUNK, self.byte_limit, by_time))

@@ -85,6 +85,7 @@ __all__ = [
     "owner",
     "segment_names",
     "set_owner",
+    "size",
     "sweep",
     "sweep_orphans",
 ]
@@ -553,15 +554,29 @@ def _read_object(kind: str, fd: int, size: int):
 # -- cleanup -----------------------------------------------------------------
 
 
+def _meta(view: memoryview) -> tuple[list, list]:
+    """The (buffers, objects) entries of a message (see the module docstring)."""
+    (meta_len,) = _U64.unpack_from(view, _START_LEN + 1)
+    _, buffers, objects = pickle.loads(view[_START_LEN + 9 : _START_LEN + 9 + meta_len])
+    return buffers, objects
+
+
 def segment_names(data: bytes | memoryview) -> list[str]:
     """The names of the segments a message refers to ([] for a plain pickle)."""
     view = memoryview(data)
-    start = len(_MESSAGE_START)
-    if view[:start] != _MESSAGE_START:
+    if view[:_START_LEN] != _MESSAGE_START:
         return []
-    (meta_len,) = _U64.unpack_from(view, start + 1)
-    _, buffers, objects = pickle.loads(view[start + 9 : start + 9 + meta_len])
-    return _names(buffers, objects)
+    return _names(*_meta(view))
+
+
+def size(data: bytes | memoryview) -> int:
+    """The bytes a message stands for: its own, and those of its segments."""
+    if data[:_START_LEN] != _MESSAGE_START:
+        return len(data)
+    buffers, objects = _meta(memoryview(data))
+    in_segments = sum(n for where, n in buffers if isinstance(where, str))
+    in_segments += sum(n for _, where, n in objects if isinstance(where, str))
+    return len(data) + in_segments
 
 
 def has_segments(data: bytes | memoryview) -> bool:

@@ -299,6 +299,7 @@ loads = pickle.loads  # decodes plain pickles and _shm messages alike (unlinking
 loads_keeping = _shm.loads_keeping  # for call bodies, which may be sent again (retries)
 discard = _shm.discard  # a message that will not be decoded: unlink its segments
 has_segments = _shm.has_segments
+size = _shm.size  # bytes a message stands for, segments included
 
 
 def format_exception(exc: BaseException) -> str:

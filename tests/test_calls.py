@@ -296,10 +296,11 @@ def test_every_input_of_a_chunk_keeps_its_own_outcome(pool, star):
         list(pool.map(value_or_error, range(3000), flags))  # Executor.map over two iterables: tuples
 
 
-def test_big_inputs_make_small_chunks(pool):
-    # By time alone, quick inputs go CHUNK_SECONDS' worth to a chunk; the
-    # byte bound (CHUNK_BYTES) keeps the chunk of big inputs small.
+def map_recording_chunks(pool, fn, inputs) -> tuple[list, list[int]]:
+    """``list(pool.map(fn, inputs))`` through a _ChunkedMap, and the size of each chunk it sent."""
     from lifepool._handles import _ChunkedMap
+
+    sizes: list[int] = []
 
     class Recording(_ChunkedMap):
         def submit_next(self):
@@ -308,14 +309,31 @@ def test_big_inputs_make_small_chunks(pool):
                 sizes.append(self.in_flight[-1][2])
             return went
 
-    sizes: list[int] = []
-    list(Recording(pool, abs, "abs", iter(range(20_000)), True, True, False, None).results())
+    return list(Recording(pool, fn, fn.__name__, inputs, True, True, False, None).results()), sizes
+
+
+def test_big_inputs_make_small_chunks(pool):
+    # By time alone, quick inputs go CHUNK_SECONDS' worth to a chunk; the
+    # byte bound (CHUNK_BYTES) keeps the chunk of big inputs small.
+    _, sizes = map_recording_chunks(pool, abs, iter(range(20_000)))
     assert max(sizes) > 50  # quick small inputs: big chunks
-    sizes.clear()
     blobs = [bytes([i % 256]) * 200_000 for i in range(300)]
-    results = list(Recording(pool, len, "len", iter(blobs), True, True, False, None).results())
+    results, sizes = map_recording_chunks(pool, len, iter(blobs))
     assert results == [200_000] * 300
     assert max(sizes) <= 21  # 4 MiB (CHUNK_BYTES) of 200 kB inputs
+
+
+def test_inputs_and_results_in_shared_memory_count_toward_a_chunks_bytes(pool):
+    # Buffers of 1 MiB or more travel in shared-memory segments, so the pipe
+    # carries only their names; the byte bound must count what they hold, or a
+    # chunk of quick big inputs would put hundreds of megabytes in /dev/shm.
+    big = 1_500_000
+    results, sizes = map_recording_chunks(pool, len, [bytes([i]) * big for i in range(24)])
+    assert results == [big] * 24
+    assert max(sizes) <= 2, sizes  # 4 MiB of 1.5 MB inputs
+    results, sizes = map_recording_chunks(pool, bytes, [big] * 24)
+    assert results == [bytes(big)] * 24
+    assert max(sizes) <= 2, sizes  # 4 MiB of 1.5 MB results
 
 
 @pytest.mark.parametrize("kind", [list, tuple, range])

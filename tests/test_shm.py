@@ -108,6 +108,18 @@ def test_loads_is_pickle_loads():
     assert _shm.loads is pickle.loads
 
 
+def test_size_counts_what_the_segments_hold():
+    small = dumps([1, 2, 3])
+    assert _shm.size(small) == len(small)
+    message = dumps([np.zeros(2 * MB, dtype=np.uint8), b"x" * (3 * MB), "small"])
+    try:
+        assert len(_shm.segment_names(message)) == 2
+        assert len(message) < 2000
+        assert _shm.size(message) == len(message) + 5 * MB
+    finally:
+        _shm.discard(message)
+
+
 def test_big_pickle_of_small_pieces_is_the_plain_pickle():
     obj = [b"%d" % i for i in range(300_000)] + [np.arange(i) for i in range(100)]
     message = dumps(obj)
