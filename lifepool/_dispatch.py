@@ -566,21 +566,22 @@ class Dispatcher:
     def _start_container(self, index: int, generation: int) -> None:
         record = ContainerRecord(index, generation)
         self.slots[index] = record
-        parent_conn, child_conn = self.context.Pipe(duplex=True)
-        process = self.context.Process(
-            target=_worker.main,
-            args=(child_conn, index, self.target_blob, self.worker_options),
-            name=f"lifepool-{self.name}-{index}",
-        )
-        try:
-            process.start()
-        except BaseException as error:  # noqa: BLE001
-            parent_conn.close()
+        with _starting:  # no fork of this process copies the start's descriptors (see _starting)
+            parent_conn, child_conn = self.context.Pipe(duplex=True)
+            process = self.context.Process(
+                target=_worker.main,
+                args=(child_conn, index, self.target_blob, self.worker_options),
+                name=f"lifepool-{self.name}-{index}",
+            )
+            try:
+                process.start()
+            except BaseException as error:  # noqa: BLE001
+                parent_conn.close()
+                child_conn.close()
+                record.state = ContainerState.DEAD
+                self._enter_failed(record, error)
+                return
             child_conn.close()
-            record.state = ContainerState.DEAD
-            self._enter_failed(record, error)
-            return
-        child_conn.close()
         record.process = process
         record.conn = parent_conn
         record.fd = parent_conn.fileno()
@@ -1187,9 +1188,19 @@ def _forget_process(process: Any) -> None:
         process_module._children.discard(process)  # type: ignore[attr-defined]
 
 
-def _remake_lock_after_fork() -> None:
+# Held while a container starts, and by every fork of this process (os.fork,
+# multiprocessing's "fork") for its duration. A fork in another thread in the
+# middle of a start would copy the start's descriptors into a child that never
+# execs, and subprocess waits for EOF on its exec-status pipe: the dispatcher
+# hung for as long as that child lived (a multiprocessing.Pool's worker: the
+# pool's life). A fork waits for the start instead, a few milliseconds.
+_starting = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
     global _making_futures
-    _making_futures = threading.Lock()
+    _making_futures = threading.Lock()  # (another thread may have held it)
+    _starting.release()  # (taken by this thread before the fork)
 
 
-os.register_at_fork(after_in_child=_remake_lock_after_fork)
+os.register_at_fork(before=_starting.acquire, after_in_parent=_starting.release, after_in_child=_after_fork_in_child)

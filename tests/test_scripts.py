@@ -618,3 +618,50 @@ with lifepool.LifecyclePool(Starter, containers=1) as pool:
     )
     assert run.returncode == 0, run
     assert run.json_output() == {"subprocess": ["True", "True"], "terminated": -15, "fork": [True, True, True]}
+
+
+def test_a_fork_waits_for_a_container_start_in_progress(run_script):
+    # A fork in the middle of a start would copy its descriptors into a child
+    # that never execs: subprocess then waits on its exec-status pipe for as
+    # long as that child lives (a fork-started multiprocessing.Pool worker:
+    # forever). Here the start is paused inside, and a thread forks meanwhile.
+    run = run_script(
+        ECHO_CLASS
+        + """
+import warnings
+
+from lifepool import _launch
+
+warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: fork() in a process with threads)
+entered, proceed, forked = threading.Event(), threading.Event(), threading.Event()
+start = _launch.ExecProcess.start
+
+
+def paused_start(self):
+    entered.set()
+    proceed.wait(30)
+    start(self)
+
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    forked.set()
+    os.waitpid(pid, 0)
+
+
+_launch.ExecProcess.start = paused_start
+pool = lifepool.LifecyclePool(Echo, containers=1)
+assert entered.wait(30)
+forker = threading.Thread(target=fork)
+forker.start()
+during = forked.wait(0.5)  # (bounded: a fork that does not wait is done in microseconds)
+proceed.set()
+forker.join(30)
+print(json.dumps({"forked_during_start": during, "forked": forked.is_set(), "echo": pool.echo.call(4)}))
+pool.shutdown()
+"""
+    )
+    assert run.returncode == 0, run
+    assert run.json_output() == {"forked_during_start": False, "forked": True, "echo": 4}
