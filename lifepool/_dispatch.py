@@ -542,13 +542,17 @@ class Dispatcher:
                 # (not closed earlier in this batch, nor lent to a caller meanwhile)
                 if data[1].conn is not None and not data[1].borrowed:
                     self._read_container(data[1])
-            elif data[1].borrowed:
-                # Died while lent to a caller, who is reading its pipe: the
-                # caller sees EOF and hands it back, then it is reaped.
-                self._selector.unregister(data[1].process.sentinel)
-                data[1].dead_while_borrowed = True
-            elif data[1].state is not ContainerState.DEAD:
-                self._reap(data[1])
+            elif data[1].state is ContainerState.DEAD:
+                pass
+            else:
+                _end_of_input(data[1])
+                if data[1].borrowed:
+                    # Died while lent to a caller, who is reading its pipe: the
+                    # caller sees EOF and hands it back, then it is reaped.
+                    self._selector.unregister(data[1].process.sentinel)
+                    data[1].dead_while_borrowed = True
+                else:
+                    self._reap(data[1])
         while self.commands:
             self._command(self.commands.popleft())
         self._check_deadlines()
@@ -822,6 +826,9 @@ class Dispatcher:
                     record.exit_errors.append(self._crash_error(record, code, "during its exit hook"))
             else:
                 logger.error("lifepool pool %r: %s died (%s)", self.name, record.describe(), _describe_exit(code))
+        if record.inflight:
+            # (a container that ran its exit hooks by itself, believing its
+            # parent gone, also leaves its calls: they must end all the same)
             self._crashed_calls(record, code)
         self.exit_errors.extend(record.exit_errors)
         if self.state is PoolState.RUNNING or (
@@ -1175,6 +1182,20 @@ def _describe_exit(code: int | None) -> str:
 def _close_fds(*fds: int) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def _end_of_input(record: ContainerRecord) -> None:
+    """*record*'s process is dead: reading its pipe ends where what it wrote ends.
+
+    EOF alone would wait for every copy of the container's end to close, and
+    another process may hold one (a sibling container forked by
+    multiprocessing's fork server, say). Or the process may not be dead at
+    all: when the fork server dies, every sentinel it gave reports an exit.
+    A reader blocked in ``recv`` (the dispatcher draining, a borrowing caller)
+    would then wait forever.
+    """
+    if record.conn is not None:
+        _wire.end_reading(record.fd)
 
 
 def _forget_process(process: Any) -> None:

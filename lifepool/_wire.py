@@ -106,6 +106,23 @@ def send_many(fd: int, messages: list[bytes]) -> None:
         _write_all(fd, memoryview(b"".join(parts)))
 
 
+def end_reading(fd: int) -> None:
+    """Reads of the socket *fd* return what is buffered, then EOF, whoever holds the other end.
+
+    For a peer known to be gone, or to be given up on: EOF alone waits until
+    every copy of the other end is closed, and another process may hold one.
+    """
+    import socket  # (containers import it only here)
+
+    end = socket.socket(fileno=fd)
+    try:
+        end.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    finally:
+        end.detach()
+
+
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view) :]

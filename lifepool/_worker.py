@@ -747,7 +747,12 @@ def _trimmed(exc: BaseException) -> BaseException:
 
 
 def _watch_parent(conn_fd: int, parent_pid: int) -> None:
-    """Notice the parent vanish while the main thread is busy; interrupt it."""
+    """Notice the parent vanish while the main thread is busy; interrupt it.
+
+    *parent_pid* is this process's parent when it started, which is not the
+    pool's parent under multiprocessing's fork server: the fork server is.
+    A change means the process was reparented: its parent died.
+    """
     _block_interrupts_in_this_thread()
     poller = select.poll()
     # POLLRDHUP: wake on the parent's end closing, not on ordinary data.
@@ -757,6 +762,9 @@ def _watch_parent(conn_fd: int, parent_pid: int) -> None:
         if events or os.getppid() != parent_pid:
             break
     _state.parent_gone = True
+    # An idle main thread waits in a read that would end only when every copy
+    # of the parent's end is closed: end it here, whoever holds a copy.
+    _wire.end_reading(conn_fd)
     signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
 
 
@@ -778,7 +786,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, INTERRUPT_SIGNAL, signal.SIGTERM})
     threading.Thread(
         target=_watch_parent,
-        args=(conn.fileno(), options["parent_pid"]),
+        args=(conn.fileno(), os.getppid()),
         name="lifepool-watch",
         daemon=True,
     ).start()

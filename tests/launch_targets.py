@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
+
+import lifepool
 
 
 class Surroundings:
@@ -29,6 +34,32 @@ class Surroundings:
 
     def exit_now(self, code):
         os._exit(code)
+
+    def exit_if_index(self, index, code):
+        """Exit at once in container *index*; elsewhere, say which container this is."""
+        here = lifepool.current_container().index
+        if here == index:
+            os._exit(code)
+        return here
+
+    def sleep_deaf(self, seconds, marker):
+        """Sleep deaf to the parent's interrupts, having written this pid to *marker*."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(seconds)
+
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return "rested"
+
+    def pretend_orphaned(self):
+        """Mid-call, do what the container's watcher does when the parent vanishes."""
+        from lifepool import _worker
+
+        _worker._state.parent_gone = True
+        signal.pthread_kill(threading.main_thread().ident, _worker.INTERRUPT_SIGNAL)
+        time.sleep(30)
 
 
 def process_signals() -> dict[str, set[int]]:

@@ -15,7 +15,7 @@ from conftest import assert_gone
 from launch_targets import Surroundings, exit_with, kill_self_with, report_start
 
 import lifepool
-from lifepool import _launch
+from lifepool import _launch, _worker
 from lifepool._pool import START_METHODS
 
 
@@ -91,6 +91,76 @@ def test_every_start_method_runs_calls_and_reports_crashes(start_method):
             pool.kill_self.call()
         pids |= {r.pid for r in pool._dispatcher.slots}
     assert_no_process(pids)
+
+
+def test_under_the_fork_server_a_long_call_is_not_taken_for_an_orphan():
+    # A container's watcher compares getppid() with the parent it started
+    # with, every _WATCH_INTERVAL; under the fork server that parent is the
+    # server, not the pool's process, and a call running at the watcher's
+    # first look was interrupted as if the parent had died.
+    with lifepool.LifecyclePool(Surroundings, containers=1, start_method="forkserver") as pool:
+        pid = pool.pid.call()
+        assert pool.nap.spawn(1.5 * _worker._WATCH_INTERVAL).result(timeout=30) == "rested"
+        assert pool.pid.call() == pid  # the same container, not a replacement
+
+
+def test_a_container_that_exits_by_itself_mid_call_fails_the_call_and_is_replaced():
+    with lifepool.LifecyclePool(Surroundings, containers=1) as pool:
+        first = pool.pid.call()
+        future = pool.pretend_orphaned.spawn()
+        with pytest.raises(lifepool.ContainerCrashedError, match=r"while running Surroundings\.pretend_orphaned"):
+            future.result(timeout=30)
+        assert pool.pid.call() != first
+
+
+def test_a_dead_containers_pipe_ends_even_when_a_sibling_holds_a_copy():
+    # Fork-server containers inherit copies of their elder siblings' pipe
+    # ends, so a dead container's pipe never reaches EOF; the parent must
+    # still finish reading it, fail its call and replace it.
+    with lifepool.LifecyclePool(Surroundings, containers=2, start_method="forkserver") as pool:
+        for _ in range(20):  # until the call lands on container 0 (the elder)
+            try:
+                pool.exit_if_index.spawn(0, 3).result(timeout=30)
+            except lifepool.ContainerCrashedError as error:
+                assert error.exitcode == 3
+                break
+        else:
+            pytest.fail("no call reached container 0")
+        assert pool.pid.spawn().result(timeout=30) > 0
+
+
+def test_a_pool_stops_even_when_the_fork_server_dies(tmp_path):
+    # The server's death makes every sentinel it gave report an exit, while
+    # the containers still run and hold their pipes open (here one sleeps,
+    # deaf to interrupts): reading a pipe to its end must not wait for EOF.
+    from multiprocessing import forkserver
+
+    pool = lifepool.LifecyclePool(Surroundings, containers=2, start_method="forkserver")
+    pids = {pool.pid.call()} | {r.pid for r in pool._dispatcher.slots}
+    marker = tmp_path / "sleeping"
+    pool.sleep_deaf.spawn(60, str(marker))
+    for _ in range(1500):  # (bounded: 30 s)
+        if marker.exists() and marker.read_text():
+            break
+        threading.Event().wait(0.02)
+    sleeper = int(marker.read_text())
+    os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+    outcome: list[BaseException | None] = []
+
+    def stop():
+        try:
+            pool.shutdown()
+            outcome.append(None)
+        except BaseException as error:  # (their exit hooks' fate is not the point)
+            outcome.append(error)
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    stopper.join(20)
+    os.kill(sleeper, signal.SIGKILL)  # (its parent is gone: nobody else will)
+    assert not stopper.is_alive(), "shutdown hung after the fork server died"
+    assert outcome and not isinstance(outcome[0], (TimeoutError, RuntimeError)), outcome
+    assert_gone(pids)
 
 
 def test_unknown_start_method_names_the_choices():

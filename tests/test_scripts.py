@@ -665,3 +665,32 @@ pool.shutdown()
     )
     assert run.returncode == 0, run
     assert run.json_output() == {"forked_during_start": False, "forked": True, "echo": 4}
+
+
+def test_an_idle_container_leaves_when_its_parent_dies_even_if_its_pipe_stays_open(run_script):
+    # The parent dies without a word while another process holds a copy of
+    # its end of the pipe, so the container never reads EOF; its watcher sees
+    # the parent gone (getppid) and must end the idle container's read.
+    run = run_script(
+        ECHO_CLASS
+        + """
+import subprocess
+
+pool = lifepool.LifecyclePool(Echo, containers=1)
+pool.echo.call(1)
+(record,) = pool._dispatcher.slots
+copy = os.dup(record.fd)
+holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(copy,))
+mark("holder", pid=holder.pid)
+os._exit(0)  # no shutdown, no exit hooks run by the parent
+"""
+    )
+    (holder,) = run.events("holder").values()
+    try:
+        assert run.returncode == 0, run
+        entered = run.events("enter")
+        assert_gone(entered, timeout=GONE_TIMEOUT + 5)
+        exited = run.events("exit")
+        assert set(exited) == set(entered), "the container should have run its exit hook"
+    finally:
+        os.kill(holder[0]["pid"], signal.SIGKILL)
