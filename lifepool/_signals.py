@@ -28,6 +28,9 @@ What lifepool does:
 * If Terminated ends the program uncaught, an ``atexit`` hook re-sends
   SIGTERM once everything has been cleaned up, so the process dies by the
   signal (status 143 in a shell) exactly as it would have without lifepool.
+  The same hook ends a program by SIGINT or SIGTERM when one of them came
+  while its exit waited for pools left open (``_pool._at_interpreter_exit``
+  catches that interrupt to stop the pools, so nobody else would).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ import sys
 import threading
 
 from ._exceptions import Terminated
+
+# The Ctrl-C or Terminated that interrupted the exit's wait for open pools.
+_exit_interrupt: KeyboardInterrupt | None = None
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -78,17 +84,39 @@ def uncaught_exception() -> BaseException | None:
     return getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
 
 
-def _die_by_sigterm_if_terminated() -> None:
-    if isinstance(uncaught_exception(), Terminated):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+def interrupted_at_exit(interrupt: KeyboardInterrupt) -> None:
+    """Note the Ctrl-C or Terminated that came while the exit waited for pools: the process dies by it."""
+    global _exit_interrupt
+    _exit_interrupt = interrupt
+
+
+def _die_by_the_ending_signal() -> None:
+    """Die by SIGTERM if Terminated ends the program, or by the signal that interrupted the exit's wait.
+
+    CPython itself dies by SIGINT after an uncaught KeyboardInterrupt, but it
+    knows nothing of Terminated, nor of an interrupt lifepool caught at exit.
+    """
+    ending = _exit_interrupt or uncaught_exception()
+    if isinstance(ending, Terminated):
+        signum = signal.SIGTERM
+    elif _exit_interrupt is not None:
+        signum = signal.SIGINT
+    else:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    _die_by(signum)
+
+
+def _die_by(signum: int) -> None:
+    """Die by *signum* (status 128 + signum in a shell), its default action; call in the main thread."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 # Registered at import, early, so that it runs late (atexit is last-in,
 # first-out): the program's own exit handlers still run before the re-kill.
-atexit.register(_die_by_sigterm_if_terminated)
+atexit.register(_die_by_the_ending_signal)
