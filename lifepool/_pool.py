@@ -149,7 +149,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 _live.add(dispatcher)
         self._dispatcher = dispatcher
         if handle_sigterm:
-            _signals.install()
+            _signals.install(_any_alive)
         # A pool dropped without shutdown still lets its containers exit cleanly.
         weakref.finalize(self, _abandoned, dispatcher)
 
@@ -342,7 +342,7 @@ class LifecyclePool(concurrent.futures.Executor):
         """Stop the pool with *request* and wait for its containers to be gone (see _stop_pools)."""
         interrupt = _stop_pools([self._dispatcher], request, aborting=aborting)
         if not _live:
-            _signals.restore()
+            _signals.restore()  # (elsewhere than in the main thread, the handler itself sees to it)
         return interrupt
 
     def _take_exit_errors(self) -> list[BaseException]:
@@ -360,6 +360,11 @@ def _abandoned(dispatcher: Dispatcher) -> None:
 def _forget(dispatcher: Dispatcher) -> None:
     with _live_lock:
         _live.discard(dispatcher)
+
+
+def _any_alive() -> bool:
+    """Whether a pool is alive; read without _live_lock, for the SIGTERM handler (see _signals.install)."""
+    return bool(_live)
 
 
 def _stopping(

@@ -24,7 +24,11 @@ What lifepool does:
 * A program that installed its own SIGTERM handler (or ignores SIGTERM) is
   left alone, as is any pool made with ``handle_sigterm=False``.
 * When the last pool is shut down from the main thread, the handler is put
-  back to SIG_DFL -- only if it is still ours.
+  back to SIG_DFL -- only if it is still ours. A pool can also end where that
+  is impossible: collected without shutdown, or shut down from another
+  thread. So the handler asks ``_pool`` whether any pool is still alive; with
+  none, it puts SIG_DFL back itself and re-sends the signal, and the process
+  dies as it would have without lifepool.
 * If Terminated ends the program uncaught, an ``atexit`` hook re-sends
   SIGTERM once everything has been cleaned up, so the process dies by the
   signal (status 143 in a shell) exactly as it would have without lifepool.
@@ -40,19 +44,32 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from ._exceptions import Terminated
 
+# Whether any pool is still alive: given to install() by _pool, which owns the pools.
+_pools_alive: Callable[[], bool] = bool  # (until then: bool() is False)
 # The Ctrl-C or Terminated that interrupted the exit's wait for open pools.
 _exit_interrupt: KeyboardInterrupt | None = None
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    if not _pools_alive():
+        # The last pool ended where the default could not be put back (see
+        # the module docstring): SIGTERM does what it would without lifepool.
+        _die_by(signal.SIGTERM)
     raise Terminated(signum)
 
 
-def install() -> bool:
-    """Install the SIGTERM handler if it is safe and useful; True if ours is in place."""
+def install(pools_alive: Callable[[], bool]) -> bool:
+    """Install the SIGTERM handler if it is safe and useful; True if ours is in place.
+
+    *pools_alive* is what the handler asks before raising (it must not take
+    a lock: the handler runs in the main thread, between any two bytecodes).
+    """
+    global _pools_alive
+    _pools_alive = pools_alive
     if threading.current_thread() is not threading.main_thread():
         return False
     current = signal.getsignal(signal.SIGTERM)

@@ -698,3 +698,46 @@ with lifepool.LifecyclePool(Starter, containers=1) as pool:
     )
     assert run.returncode == 0, run
     assert run.json_output() == {"subprocess": ["True", "True"], "terminated": -15, "fork": [True, True, True]}
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM once the last pool is gone
+# ---------------------------------------------------------------------------
+
+POOL_GONE = {
+    "collected": "dispatcher = pool._dispatcher\ndel pool\ngc.collect()",
+    "shut-down-in-a-thread": (
+        "dispatcher = pool._dispatcher\n"
+        "stopper = threading.Thread(target=pool.shutdown)\n"
+        "stopper.start()\n"
+        "stopper.join(30)"
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(POOL_GONE))
+def test_sigterm_after_the_last_pool_is_gone_kills_as_without_lifepool(run_script, how):
+    # signal.signal only works in the main thread, so neither way can put the
+    # default handler back when the pool closes.
+    run = run_script(
+        ECHO_CLASS
+        + f"""
+import gc
+import signal
+
+pool = lifepool.LifecyclePool(Echo, containers=1)
+pool.echo.call(1)
+{POOL_GONE[how]}
+assert dispatcher.closed.wait(30), "the pool did not close"
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # (ends early: by the signal's handler, or by the process's death)
+except BaseException as error:
+    print(f"SIGTERM raised {{type(error).__name__}}", flush=True)
+    sys.exit(0)
+print("SIGTERM did nothing", flush=True)
+"""
+    )
+    assert run.returncode == -signal.SIGTERM, run
+    assert run.stdout == "" and "Traceback" not in run.stderr, run
+    assert len(run.events("exit")) == 1, run
