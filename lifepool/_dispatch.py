@@ -1080,9 +1080,7 @@ class Dispatcher:
             if exit_blob is not None and self._exit_blob is None:
                 self._exit_blob = exit_blob
             if cancel_futures or abort:
-                for call in self._drain_pending():
-                    if call.future.cancel() and call.sink is not None:
-                        call.sink(("error", CancelledError()))
+                self._cancel_pending()
             if abort and not self._abort:
                 self._abort = True
                 for record in self.slots:
@@ -1107,9 +1105,27 @@ class Dispatcher:
                     )
             self.state = PoolState.CLOSING
         elif kind == "kill":
-            for record in self.slots:
-                if record is not None and record.state is not ContainerState.DEAD:
-                    self._kill(record, command[1])
+            self._stop_now(command[1])
+
+    def _stop_now(self, reason: str) -> None:
+        """SIGKILL every container; what is queued is dropped, and nothing starts again.
+
+        A kill means "stop now" (a second Ctrl-C), even when it comes while the
+        pool was letting its queue finish: it must not be read as a crash, which
+        a pool still running queued calls answers with a replacement container.
+        """
+        self.refuse(lambda: RuntimeError(f"cannot schedule new calls: pool {self.name!r} was killed"))
+        self._cancel_pending()
+        self._abort = True  # (so _reap starts no replacement)
+        self.state = PoolState.CLOSING
+        for record in self.slots:
+            if record is not None and record.state is not ContainerState.DEAD:
+                self._kill(record, reason)
+
+    def _cancel_pending(self) -> None:
+        for call in self._drain_pending():
+            if call.future.cancel() and call.sink is not None:
+                call.sink(("error", CancelledError()))
 
     def _progress_shutdown(self) -> None:
         if self.state is not PoolState.CLOSING:

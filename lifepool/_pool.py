@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy as copy_module
+import functools
 import inspect
 import itertools
 import logging
@@ -148,7 +149,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 _live.add(dispatcher)
         self._dispatcher = dispatcher
         if handle_sigterm:
-            _signals.install()
+            _signals.install(_any_alive)
         # A pool dropped without shutdown still lets its containers exit cleanly.
         weakref.finalize(self, _abandoned, dispatcher)
 
@@ -214,14 +215,16 @@ class LifecyclePool(concurrent.futures.Executor):
         running calls and stops the containers (exit hooks get the
         KeyboardInterrupt), then raises it; a second Ctrl-C kills them at once.
         """
-        self._request_shutdown(cancel_futures=cancel_futures)
-        if wait:
-            interrupt = self._wait_closed(aborting=False)
-            if interrupt is not None:
-                raise interrupt
-            errors = self._take_exit_errors()
-            if errors:
-                raise ExitHookError(f"exit hooks failed in pool {self.name!r}", errors)
+        request = _stopping(cancel_futures=cancel_futures)
+        if not wait:
+            request(self._dispatcher)
+            return
+        interrupt = self._stop(request, aborting=False)
+        if interrupt is not None:
+            raise interrupt
+        errors = self._take_exit_errors()
+        if errors:
+            raise ExitHookError(f"exit hooks failed in pool {self.name!r}", errors)
 
     def __enter__(self) -> LifecyclePool:
         return self
@@ -232,17 +235,9 @@ class LifecyclePool(concurrent.futures.Executor):
             return
         # The block is raising: queued calls are dropped, running ones finish
         # (a KeyboardInterrupt interrupts them), and every exit hook gets exc.
+        # A Ctrl-C while the pool stops is folded into exc (one traceback).
         aborting = isinstance(exc, KeyboardInterrupt)
-        try:
-            self._request_shutdown(cancel_futures=True, exit_exc=exc, abort=aborting)
-        except KeyboardInterrupt:
-            # Interrupted again while asking the pool to stop: stop it now. Like
-            # any Ctrl-C during the wait below, it is folded into exc (one traceback).
-            logger.warning("lifepool pool %r: interrupted again; killing the containers now", self.name)
-            self._dispatcher.shutdown(True, None, True)
-            self._dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
-            aborting = True
-        self._wait_closed(aborting=aborting)  # a Ctrl-C here is folded into exc
+        self._stop(_stopping(cancel_futures=True, exit_exc=exc, abort=aborting), aborting=aborting)
         for error in self._take_exit_errors():
             exc.add_note(f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
             logger.error("lifepool pool %r: exit hook failed", self.name, exc_info=error)
@@ -343,38 +338,12 @@ class LifecyclePool(concurrent.futures.Executor):
         """Let a stream's container send *count* more items."""
         self._dispatcher.control("credit", future._lifepool_call, count)
 
-    def _request_shutdown(
-        self, *, cancel_futures: bool, exit_exc: BaseException | None = None, abort: bool = False
-    ) -> None:
-        exit_blob = None if exit_exc is None else _wire.exception_blob(exit_exc)
-        self._dispatcher.shutdown(cancel_futures, exit_blob, abort)
-
-    def _wait_closed(self, *, aborting: bool) -> KeyboardInterrupt | None:
-        """Wait for every container to exit; return the Ctrl-C that arrived meanwhile, if any.
-
-        A first Ctrl-C (unless already *aborting*) turns the wait into an abort:
-        running calls are interrupted and the exit hooks get the interrupt. The
-        next one kills the containers at once. Either way the wait goes on until
-        they are reaped (the kill makes that immediate), so no process is left.
-        """
-        closed = self._dispatcher.closed
-        interrupt = None
-        while True:
-            try:
-                closed.wait()
-            except KeyboardInterrupt as error:
-                interrupt = interrupt or error
-                if not aborting:
-                    aborting = True
-                    logger.warning("lifepool pool %r: interrupted; stopping the containers", self.name)
-                    self._request_shutdown(cancel_futures=True, exit_exc=_as_if_propagated(error), abort=True)
-                else:
-                    logger.warning("lifepool pool %r: interrupted again; killing the containers now", self.name)
-                    self._dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
-                continue
-            if not _live:
-                _signals.restore()
-            return interrupt
+    def _stop(self, request: Callable[[Dispatcher], None], *, aborting: bool) -> KeyboardInterrupt | None:
+        """Stop the pool with *request* and wait for its containers to be gone (see _stop_pools)."""
+        interrupt = _stop_pools([self._dispatcher], request, aborting=aborting)
+        if not _live:
+            _signals.restore()  # (elsewhere than in the main thread, the handler itself sees to it)
+        return interrupt
 
     def _take_exit_errors(self) -> list[BaseException]:
         if self._exit_errors_reported:
@@ -393,33 +362,94 @@ def _forget(dispatcher: Dispatcher) -> None:
         _live.discard(dispatcher)
 
 
+def _any_alive() -> bool:
+    """Whether a pool is alive; read without _live_lock, for the SIGTERM handler (see _signals.install)."""
+    return bool(_live)
+
+
+def _stopping(
+    *, cancel_futures: bool, exit_exc: BaseException | None = None, abort: bool = False
+) -> Callable[[Dispatcher], None]:
+    """The request that stops a pool: see Dispatcher.shutdown (*exit_exc* is pickled once, when first needed)."""
+    exit_blob = functools.cache(lambda: None if exit_exc is None else _wire.exception_blob(exit_exc))
+    return lambda dispatcher: dispatcher.shutdown(cancel_futures, exit_blob(), abort)
+
+
+def _aborting_on(interrupt: KeyboardInterrupt) -> Callable[[Dispatcher], None]:
+    """The request a first Ctrl-C makes of a stopping pool: abort, and give the exit hooks *interrupt*."""
+    abort = _stopping(cancel_futures=True, exit_exc=_as_if_propagated(interrupt), abort=True)
+
+    def request(dispatcher: Dispatcher) -> None:
+        logger.warning("lifepool pool %r: interrupted; stopping the containers", dispatcher.name)
+        abort(dispatcher)
+
+    return request
+
+
+def _kill_now(dispatcher: Dispatcher) -> None:
+    """The request a second Ctrl-C makes of a stopping pool."""
+    logger.warning("lifepool pool %r: interrupted again; killing the containers now", dispatcher.name)
+    dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
+
+
+def _stop_pools(
+    dispatchers: list[Dispatcher], request: Callable[[Dispatcher], None], *, aborting: bool
+) -> KeyboardInterrupt | None:
+    """Make *request* of each pool, then wait until all are closed; return the first Ctrl-C that came meanwhile.
+
+    A Ctrl-C (or Terminated) may come at any point, while the requests are
+    made too. The first (unless already *aborting*) turns the stop into an
+    abort: queued calls are cancelled, running calls interrupted, and the exit
+    hooks get the interrupt. The next kills the containers at once. Each new
+    request goes to every pool not yet closed (one that had it already takes
+    it again harmlessly). Either way the wait goes on until the containers are
+    reaped (the kill makes that immediate), so no process is left.
+    """
+    interrupt = None
+    while True:
+        try:
+            for dispatcher in dispatchers:
+                if not dispatcher.closed.is_set():
+                    request(dispatcher)
+            for dispatcher in dispatchers:
+                dispatcher.closed.wait()
+            return interrupt
+        except KeyboardInterrupt as error:
+            interrupt = interrupt or error
+            request = _kill_now if aborting else _aborting_on(error)
+            aborting = True
+
+
 def _at_interpreter_exit() -> None:
     """Pools left open at exit: stop them like a ``with`` block ending the same way.
 
     A normal end lets queued and running calls finish; an uncaught exception is
     passed to the exit hooks (a KeyboardInterrupt, Terminated included, also
-    cancels queued calls and interrupts running ones).
+    cancels queued calls and interrupts running ones). A Ctrl-C or SIGTERM
+    while the exit waits is handled as in a ``with`` block (see _stop_pools),
+    and the program then dies by that signal, as it would have had it come
+    before the end: nothing else would raise it (see _signals).
     """
     uncaught = _signals.uncaught_exception()
-    exit_blob = None if uncaught is None else _wire.exception_blob(uncaught)
     aborting = isinstance(uncaught, KeyboardInterrupt)
-    with _live_lock:
-        dispatchers = list(_live)
-    for dispatcher in dispatchers:
+    stop = _stopping(cancel_futures=uncaught is not None, exit_exc=uncaught, abort=aborting)
+
+    def request(dispatcher: Dispatcher) -> None:
         if aborting and dispatcher.aborting:
             # Already stopping on an interrupt, yet the program is ending on one:
-            # a second Ctrl-C cut that stop short. It means "now", as in _wait_closed.
-            logger.warning("lifepool pool %r: interrupted again; killing the containers now", dispatcher.name)
-            dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
-        dispatcher.shutdown(uncaught is not None, exit_blob, aborting)
+            # a second Ctrl-C cut that stop short. It means "now".
+            _kill_now(dispatcher)
+        else:
+            stop(dispatcher)
+
+    with _live_lock:
+        dispatchers = list(_live)
+    interrupt = _stop_pools(dispatchers, request, aborting=aborting)
     for dispatcher in dispatchers:
-        try:
-            dispatcher.closed.wait()
-        except KeyboardInterrupt:
-            dispatcher.control("kill", "interrupted while the program was exiting")
-            dispatcher.closed.wait()
         for error in dispatcher.exit_errors:
             logger.error("lifepool pool %r: exit hook failed", dispatcher.name, exc_info=error)
+    if interrupt is not None:
+        _signals.interrupted_at_exit(interrupt)
 
 
 threading._register_atexit(_at_interpreter_exit)

@@ -24,10 +24,17 @@ What lifepool does:
 * A program that installed its own SIGTERM handler (or ignores SIGTERM) is
   left alone, as is any pool made with ``handle_sigterm=False``.
 * When the last pool is shut down from the main thread, the handler is put
-  back to SIG_DFL -- only if it is still ours.
+  back to SIG_DFL -- only if it is still ours. A pool can also end where that
+  is impossible: collected without shutdown, or shut down from another
+  thread. So the handler asks ``_pool`` whether any pool is still alive; with
+  none, it puts SIG_DFL back itself and re-sends the signal, and the process
+  dies as it would have without lifepool.
 * If Terminated ends the program uncaught, an ``atexit`` hook re-sends
   SIGTERM once everything has been cleaned up, so the process dies by the
   signal (status 143 in a shell) exactly as it would have without lifepool.
+  The same hook ends a program by SIGINT or SIGTERM when one of them came
+  while its exit waited for pools left open (``_pool._at_interpreter_exit``
+  catches that interrupt to stop the pools, so nobody else would).
 """
 
 from __future__ import annotations
@@ -37,16 +44,32 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from ._exceptions import Terminated
 
+# Whether any pool is still alive: given to install() by _pool, which owns the pools.
+_pools_alive: Callable[[], bool] = bool  # (until then: bool() is False)
+# The Ctrl-C or Terminated that interrupted the exit's wait for open pools.
+_exit_interrupt: KeyboardInterrupt | None = None
+
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    if not _pools_alive():
+        # The last pool ended where the default could not be put back (see
+        # the module docstring): SIGTERM does what it would without lifepool.
+        _die_by(signal.SIGTERM)
     raise Terminated(signum)
 
 
-def install() -> bool:
-    """Install the SIGTERM handler if it is safe and useful; True if ours is in place."""
+def install(pools_alive: Callable[[], bool]) -> bool:
+    """Install the SIGTERM handler if it is safe and useful; True if ours is in place.
+
+    *pools_alive* is what the handler asks before raising (it must not take
+    a lock: the handler runs in the main thread, between any two bytecodes).
+    """
+    global _pools_alive
+    _pools_alive = pools_alive
     if threading.current_thread() is not threading.main_thread():
         return False
     current = signal.getsignal(signal.SIGTERM)
@@ -78,17 +101,39 @@ def uncaught_exception() -> BaseException | None:
     return getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
 
 
-def _die_by_sigterm_if_terminated() -> None:
-    if isinstance(uncaught_exception(), Terminated):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+def interrupted_at_exit(interrupt: KeyboardInterrupt) -> None:
+    """Note the Ctrl-C or Terminated that came while the exit waited for pools: the process dies by it."""
+    global _exit_interrupt
+    _exit_interrupt = interrupt
+
+
+def _die_by_the_ending_signal() -> None:
+    """Die by SIGTERM if Terminated ends the program, or by the signal that interrupted the exit's wait.
+
+    CPython itself dies by SIGINT after an uncaught KeyboardInterrupt, but it
+    knows nothing of Terminated, nor of an interrupt lifepool caught at exit.
+    """
+    ending = _exit_interrupt or uncaught_exception()
+    if isinstance(ending, Terminated):
+        signum = signal.SIGTERM
+    elif _exit_interrupt is not None:
+        signum = signal.SIGINT
+    else:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    _die_by(signum)
+
+
+def _die_by(signum: int) -> None:
+    """Die by *signum* (status 128 + signum in a shell), its default action; call in the main thread."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 # Registered at import, early, so that it runs late (atexit is last-in,
 # first-out): the program's own exit handlers still run before the re-kill.
-atexit.register(_die_by_sigterm_if_terminated)
+atexit.register(_die_by_the_ending_signal)

@@ -188,6 +188,25 @@ def test_shutdown_lets_queued_calls_finish(hookdir):
     assert len(markers(hookdir, "exit")) == 1
 
 
+def test_a_kill_while_queued_calls_would_finish_starts_no_replacement(hookdir):
+    # What a second Ctrl-C does to a stopping pool: its containers die at once,
+    # and what was still queued is dropped, never run on a new container.
+    pool = lifepool.LifecyclePool(Recorder(hookdir), containers=1)
+    started = hookdir / "started"
+    first = pool.block_until.spawn(str(hookdir / "never"), str(started))
+    queued = [pool.double.spawn(i) for i in range(5)]
+    wait_for_path(started)
+    pool.shutdown(wait=False)  # queued calls would still run
+    pool._dispatcher.control("kill", "the test asked")
+    assert pool._dispatcher.closed.wait(60)
+    with pytest.raises(lifepool.ContainerCrashedError, match="the test asked"):
+        first.result(timeout=0)
+    assert all(f.cancelled() or isinstance(f.exception(timeout=0), lifepool.ContainerCrashedError) for f in queued)
+    assert len(markers(hookdir, "enter")) == 1
+    with pytest.raises(lifepool.ExitHookError, match="exit hooks failed"):
+        pool.shutdown()  # the killed container's exit hook never ran
+
+
 def test_shutdown_cancel_futures_drops_queued_calls(hookdir):
     pool = lifepool.LifecyclePool(Recorder(hookdir), containers=1)
     release, started = hookdir / "release", hookdir / "started"

@@ -376,6 +376,86 @@ def test_pool_left_open_at_exit_still_runs_every_exit_hook_once(run_script):
     assert done == list(range(10)), "calls queued at interpreter exit should still run"
 
 
+# Left open at exit, with two calls running and more queued. A helper thread
+# signals the main thread once the interpreter has started stopping the pool
+# (the dispatcher reads "closing"): that is, while the exit waits for it.
+OPEN_AT_EXIT = """
+import signal
+
+SIGNAL = signal.{signal}
+HANG_IN_EXIT = {hang_in_exit}
+
+
+class Sleeper:
+    def __enter__(self):
+        mark("enter")
+
+    def work(self, x):
+        mark("started", x=x)
+        try:
+            time.sleep(600)
+        finally:
+            mark("finally", x=x)
+
+    def __exit__(self, exc_type, exc_value, tb):
+        mark("exit", type=None if exc_type is None else exc_type.__name__)
+        if HANG_IN_EXIT:
+            time.sleep(600)
+
+
+def wait_until(done):
+    deadline = time.monotonic() + 30
+    while not done():
+        if time.monotonic() > deadline:
+            os._exit(99)  # (the test then fails on the exit status)
+        time.sleep(0.01)
+
+
+def interrupt_the_exit():
+    wait_until(lambda: pool._dispatcher.state.value == "closing")
+    signal.pthread_kill(threading.main_thread().ident, SIGNAL)
+    if HANG_IN_EXIT:
+        wait_until(lambda: len(list(MARKS.glob("exit-*"))) == 2)
+        signal.pthread_kill(threading.main_thread().ident, SIGNAL)
+
+
+pool = lifepool.LifecyclePool(Sleeper, containers=2, exit_grace_period=300)
+for x in range(8):
+    pool.work.spawn(x)
+wait_until(lambda: len(list(MARKS.glob("started-*"))) == 2)
+threading.Thread(target=interrupt_the_exit, daemon=True).start()
+print("end of script", flush=True)
+"""
+
+EXIT_HOOK_GETS = {"SIGINT": "KeyboardInterrupt", "SIGTERM": "Terminated"}
+
+
+@pytest.mark.parametrize("signame", sorted(EXIT_HOOK_GETS))
+def test_a_signal_while_exit_waits_for_an_open_pool_aborts_it_and_the_program_dies_by_it(run_script, signame):
+    run = run_script(OPEN_AT_EXIT.format(signal=signame, hang_in_exit=False))
+    assert run.returncode == -getattr(signal, signame), run
+    assert "Exception ignored" not in run.stderr, run
+    entered, exited = run.events("enter"), run.events("exit")
+    assert len(entered) == 2, "no container may start after the interrupt"
+    assert set(exited) == set(entered), run
+    assert all(events == [{"type": EXIT_HOOK_GETS[signame]}] for events in exited.values()), exited
+    started = sorted(event["x"] for events in run.events("started").values() for event in events)
+    interrupted = sorted(event["x"] for events in run.events("finally").values() for event in events)
+    assert len(started) == 2 and interrupted == started, "queued calls are cancelled, running ones interrupted"
+
+
+@pytest.mark.parametrize("signame", sorted(EXIT_HOOK_GETS))
+def test_a_second_signal_while_exit_waits_for_an_open_pool_kills_its_containers(run_script, signame):
+    run = run_script(OPEN_AT_EXIT.format(signal=signame, hang_in_exit=True))
+    assert run.returncode == -getattr(signal, signame), run
+    assert "Exception ignored" not in run.stderr, run
+    assert "interrupted again; killing the containers now" in run.stderr, run
+    entered, exited = run.events("enter"), run.events("exit")
+    assert len(entered) == 2, "no container may start after the interrupt"
+    assert set(exited) == set(entered), run
+    assert all(events == [{"type": EXIT_HOOK_GETS[signame]}] for events in exited.values()), exited
+
+
 # ---------------------------------------------------------------------------
 # what exit hooks receive when the with block raises
 # ---------------------------------------------------------------------------
@@ -694,3 +774,46 @@ os._exit(0)  # no shutdown, no exit hooks run by the parent
         assert set(exited) == set(entered), "the container should have run its exit hook"
     finally:
         os.kill(holder[0]["pid"], signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM once the last pool is gone
+# ---------------------------------------------------------------------------
+
+POOL_GONE = {
+    "collected": "dispatcher = pool._dispatcher\ndel pool\ngc.collect()",
+    "shut-down-in-a-thread": (
+        "dispatcher = pool._dispatcher\n"
+        "stopper = threading.Thread(target=pool.shutdown)\n"
+        "stopper.start()\n"
+        "stopper.join(30)"
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(POOL_GONE))
+def test_sigterm_after_the_last_pool_is_gone_kills_as_without_lifepool(run_script, how):
+    # signal.signal only works in the main thread, so neither way can put the
+    # default handler back when the pool closes.
+    run = run_script(
+        ECHO_CLASS
+        + f"""
+import gc
+import signal
+
+pool = lifepool.LifecyclePool(Echo, containers=1)
+pool.echo.call(1)
+{POOL_GONE[how]}
+assert dispatcher.closed.wait(30), "the pool did not close"
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # (ends early: by the signal's handler, or by the process's death)
+except BaseException as error:
+    print(f"SIGTERM raised {{type(error).__name__}}", flush=True)
+    sys.exit(0)
+print("SIGTERM did nothing", flush=True)
+"""
+    )
+    assert run.returncode == -signal.SIGTERM, run
+    assert run.stdout == "" and "Traceback" not in run.stderr, run
+    assert len(run.events("exit")) == 1, run
