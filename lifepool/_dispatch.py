@@ -789,11 +789,16 @@ class Dispatcher:
             record.kill_reason = reason
             self._add_timer(at, record)
 
-    def _kill(self, record: ContainerRecord, reason: str) -> None:
+    def _kill(self, record: ContainerRecord, reason: str, *, timed_out: bool = False) -> None:
+        """SIGKILL *record*; *timed_out* when a deadline ran out (an exit hook then failed with TimeoutError).
+
+        A kill that was asked for (a second Ctrl-C) is no timeout: the exit
+        hook it cuts short fails as a crash (see _reap), with the reason.
+        """
         logger.warning("lifepool pool %r: killing %s: %s", self.name, record.describe(), reason)
         record.kill_reason = reason
         record.kill_at = None
-        if self.state is PoolState.CLOSING and record.entered and not record.exited:
+        if timed_out and self.state is PoolState.CLOSING and record.entered and not record.exited:
             record.exit_errors.append(
                 TimeoutError(f"lifepool: {record.describe()} was killed (SIGKILL) because {reason}")
             )
@@ -864,7 +869,7 @@ class Dispatcher:
         self._in_hand.clear()
 
     def _crash_error(self, record: ContainerRecord, code: int | None, doing: str) -> ContainerCrashedError:
-        reason = record.kill_reason if record.kill_reason else _describe_exit(code)
+        reason = f"killed (SIGKILL) because {record.kill_reason}" if record.kill_reason else _describe_exit(code)
         return ContainerCrashedError(
             f"{record.describe()} of pool {self.name!r} died {doing}: {reason}",
             index=record.index,
@@ -1024,7 +1029,7 @@ class Dispatcher:
             when, _, what = heapq.heappop(self._timers)
             if isinstance(what, ContainerRecord):
                 if what.kill_at == when and what.state is not ContainerState.DEAD:
-                    self._kill(what, what.kill_reason)
+                    self._kill(what, what.kill_reason, timed_out=True)
             else:
                 self._call_timed_out(what)
 

@@ -270,6 +270,9 @@ def test_second_ctrl_c_kills_the_containers_at_once(program):
     code, _, err = prog.finish(timeout=60)  # far below the 300 s grace period
     assert code == -signal.SIGINT, err
     assert "interrupted again; killing the containers now" in err
+    # Asked for, not a timeout: the exit hooks it cut short are reported as such.
+    assert "killed (SIGKILL) because a second interrupt arrived" in err, err
+    assert "TimeoutError" not in err, err
     assert one_traceback(err), err
     assert_gone(prog.container_pids())
 
