@@ -831,6 +831,9 @@ class Dispatcher:
                     record.exit_errors.append(self._crash_error(record, code, "during its exit hook"))
             else:
                 logger.error("lifepool pool %r: %s died (%s)", self.name, record.describe(), _describe_exit(code))
+                if record.kill_reason and self.state is PoolState.CLOSING and not record.exit_errors:
+                    # Killed on request while the pool stopped: its exit hook never ran.
+                    record.exit_errors.append(self._crash_error(record, code, "before its exit hook could run"))
         if record.inflight:
             # (a container that ran its exit hooks by itself, believing its
             # parent gone, also leaves its calls: they must end all the same)
