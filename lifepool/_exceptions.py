@@ -96,17 +96,29 @@ class ExitHookError(LifepoolError, ExceptionGroup):
     """Exit hooks that raised, or that were killed after ``exit_grace_period``.
 
     An ``ExceptionGroup``: ``.exceptions`` holds one error per failing container,
-    each with its container traceback and a note naming the container.
+    each with its container traceback and a note naming the container. An
+    exit hook that raised a ``BaseException`` that is not an ``Exception``
+    (``SystemExit``, ``KeyboardInterrupt``, ``asyncio.CancelledError``), which
+    an ``ExceptionGroup`` cannot hold, is there as a :class:`LifepoolError`
+    whose ``__cause__`` is what it raised.
     """
 
     def __new__(cls, message: str, exceptions):
-        return super().__new__(cls, message, exceptions)
+        return super().__new__(cls, message, [_as_exception(error) for error in exceptions])
 
     def __init__(self, message: str, exceptions) -> None:
-        super().__init__(message, exceptions)
+        super().__init__(message, self.exceptions)
 
     def derive(self, excs):
         return ExitHookError(self.message, excs)
+
+
+def _as_exception(error: BaseException) -> Exception:
+    if isinstance(error, Exception):
+        return error
+    stand_in = LifepoolError(f"the exit hook raised {type(error).__name__}: {error}")
+    stand_in.__cause__ = error
+    return stand_in
 
 
 class ParentExitedError(KeyboardInterrupt):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import sys
 import threading
 import time
 
@@ -241,6 +242,11 @@ class FailingExit:
 
     def __exit__(self, *exc):
         raise RuntimeError(f"cleanup failed in {os.getpid()}")
+
+
+class ExitingExit(FailingExit):
+    def __exit__(self, *exc):
+        sys.exit(3)  # a BaseException that is no Exception
 
 
 class Fragile:

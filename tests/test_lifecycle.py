@@ -8,7 +8,7 @@ import traceback
 import loky
 import pytest
 from conftest import assert_gone, markers
-from targets import AsyncProcessor, FailingEnter, FailingExit, Ordered, Plain, Recorder, wait_for_path
+from targets import AsyncProcessor, ExitingExit, FailingEnter, FailingExit, Ordered, Plain, Recorder, wait_for_path
 
 import lifepool
 
@@ -109,6 +109,17 @@ def test_unpicklable_block_exception_reaches_exit_hooks_as_a_stand_in(hookdir):
     type_name, value, _ = text.split("|", 2)
     assert type_name == "RemoteError"
     assert "HoldsLock" in value
+
+
+def test_an_exit_hook_raising_a_base_exception_still_gives_exit_hook_error(hookdir):
+    # An ExceptionGroup cannot hold a SystemExit: a stand-in carries it as its cause.
+    pool = lifepool.LifecyclePool(ExitingExit(hookdir), containers=1)
+    assert pool.ping.call() == "pong"
+    with pytest.raises(lifepool.ExitHookError) as info:
+        pool.shutdown()
+    (error,) = info.value.exceptions
+    assert isinstance(error, lifepool.LifepoolError) and "SystemExit: 3" in str(error)
+    assert isinstance(error.__cause__, SystemExit) and error.__cause__.args == (3,)
 
 
 def test_failing_exit_hook_raises_exit_hook_error(hookdir):
