@@ -202,8 +202,9 @@ class ContainerRecord:
         self.entered = False  # reached READY: owes exactly one exit
         self.enter_failed = False  # reported ENTER_FAILED
         self.exited = False  # sent EXITED
-        self.kill_at: float | None = None  # SIGKILL when this passes (grace periods)
-        self.kill_reason = ""
+        # SIGKILLs armed, by purpose ("exit", "stop", "unwind <call id>"): (when, reason).
+        self.kills: dict[str, tuple[float, str]] = {}
+        self.kill_reason = ""  # why it was SIGKILLed, once it was
         self.exit_errors: list[BaseException] = []
         self.borrowed = False  # lent to a caller thread for one call (the fast path)
         self.watched = False  # its pipe is in the dispatcher's selector (see Dispatcher._watch)
@@ -675,6 +676,8 @@ class Dispatcher:
         self._release_slot(record, call)
         if call.future.done():
             _wire.discard(body)
+            if record.kills:
+                record.kills.pop(f"unwind {call_id}", None)  # a timed-out call that did unwind
             return  # timed out or abandoned: the late answer is dropped
         if ok:
             try:
@@ -776,18 +779,20 @@ class Dispatcher:
         record.state = ContainerState.EXITING
         body = blob or b""
         self._send(record, _wire.frame(_wire.EXIT, 0, 1 if blob else 0, body))
-        self._arm_kill(record, self.grace, f"its exit hook did not finish within exit_grace_period={self.grace}s")
+        reason = f"its exit hook did not finish within exit_grace_period={self.grace}s"
+        self._arm_kill(record, "exit", self.grace, reason)
 
     def _add_timer(self, when: float, what: Any) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, what))
 
-    def _arm_kill(self, record: ContainerRecord, delay: float, reason: str) -> None:
+    def _arm_kill(self, record: ContainerRecord, purpose: str, delay: float, reason: str) -> None:
+        """SIGKILL *record* in *delay* seconds unless *purpose*'s kill is disarmed first (or armed sooner)."""
         at = time.monotonic() + delay
-        if record.kill_at is None or at < record.kill_at:
-            record.kill_at = at
-            record.kill_reason = reason
-            self._add_timer(at, record)
+        armed = record.kills.get(purpose)
+        if armed is None or at < armed[0]:
+            record.kills[purpose] = (at, reason)
+            self._add_timer(at, (record, purpose))
 
     def _kill(self, record: ContainerRecord, reason: str, *, timed_out: bool = False) -> None:
         """SIGKILL *record*; *timed_out* when a deadline ran out (an exit hook then failed with TimeoutError).
@@ -797,7 +802,7 @@ class Dispatcher:
         """
         logger.warning("lifepool pool %r: killing %s: %s", self.name, record.describe(), reason)
         record.kill_reason = reason
-        record.kill_at = None
+        record.kills.clear()
         if timed_out and self.state is PoolState.CLOSING and record.entered and not record.exited:
             record.exit_errors.append(
                 TimeoutError(f"lifepool: {record.describe()} was killed (SIGKILL) because {reason}")
@@ -820,7 +825,7 @@ class Dispatcher:
         _shm.sweep(os.getpid(), creator_pid=record.pid)
         was = record.state
         record.state = ContainerState.DEAD
-        record.kill_at = None
+        record.kills.clear()
         if not record.entered:
             if not record.enter_failed:  # died before it could report: a crash while entering
                 self._enter_failed(record, self._crash_error(record, code, "while entering"))
@@ -1030,9 +1035,11 @@ class Dispatcher:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             when, _, what = heapq.heappop(self._timers)
-            if isinstance(what, ContainerRecord):
-                if what.kill_at == when and what.state is not ContainerState.DEAD:
-                    self._kill(what, what.kill_reason, timed_out=True)
+            if isinstance(what, tuple):
+                record, purpose = what
+                armed = record.kills.get(purpose)
+                if armed is not None and armed[0] == when and record.state is not ContainerState.DEAD:
+                    self._kill(record, armed[1], timed_out=True)
             else:
                 self._call_timed_out(what)
 
@@ -1053,6 +1060,7 @@ class Dispatcher:
         self._interrupt(record, call)
         self._arm_kill(
             record,
+            f"unwind {call.id}",  # disarmed when its answer comes (see _result)
             TIMEOUT_UNWIND_SECONDS,
             f"a timed-out call ({call.label}) did not unwind within {TIMEOUT_UNWIND_SECONDS}s",
         )
@@ -1108,6 +1116,7 @@ class Dispatcher:
                     # interrupted call (or enter hook) plus the exit hook.
                     self._arm_kill(
                         record,
+                        "stop",
                         self.grace,
                         f"it did not stop within exit_grace_period={self.grace}s after an interrupt",
                     )

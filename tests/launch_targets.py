@@ -35,9 +35,18 @@ class Surroundings:
     def exit_now(self, code):
         os._exit(code)
 
-    def exit_if_index(self, index, code):
-        """Exit at once in container *index*; elsewhere, say which container this is."""
+    def exit_if_index(self, index, code, meeting, callers):
+        """Once *callers* calls have arrived in *meeting* (a directory), exit in container *index*.
+
+        Elsewhere, say which container this is. The meeting makes each of
+        *callers* concurrent calls run in a container of its own.
+        """
         here = lifepool.current_container().index
+        with open(os.path.join(meeting, str(here)), "w"):
+            pass
+        deadline = time.monotonic() + 30
+        while len(os.listdir(meeting)) < callers and time.monotonic() < deadline:
+            time.sleep(0.005)
         if here == index:
             os._exit(code)
         return here

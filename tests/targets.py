@@ -244,6 +244,11 @@ class FailingExit:
         raise RuntimeError(f"cleanup failed in {os.getpid()}")
 
 
+class CrashingExit(FailingExit):
+    def __exit__(self, *exc):
+        os._exit(5)
+
+
 class ExitingExit(FailingExit):
     def __exit__(self, *exc):
         sys.exit(3)  # a BaseException that is no Exception

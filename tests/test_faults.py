@@ -78,6 +78,20 @@ def test_timeout_fails_the_call_and_the_container_serves_on(hookdir, caplog):
     assert "timed out" in caplog.text
 
 
+def test_a_timed_out_call_that_unwinds_leaves_its_container_alone(hookdir, monkeypatch):
+    # The kill armed in case a timed-out call does not unwind is disarmed when
+    # it does; it used to fire anyway, in the middle of the next call.
+    from lifepool import _dispatch
+
+    monkeypatch.setattr(_dispatch, "TIMEOUT_UNWIND_SECONDS", 0.3)
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, timeout=3) as pool:
+        pid = pool.pid.call()
+        with pytest.raises(lifepool.CallTimeoutError):
+            pool.sleep.call(60)
+        assert pool.sleep.call(1.0) == "slept"  # well past the unwind deadline, well within the timeout
+        assert pool.pid.call() == pid
+
+
 def test_timeout_counts_from_start_not_from_queueing(hookdir):
     with lifepool.LifecyclePool(Fragile(hookdir), containers=1, timeout=3) as pool:
         first = pool.sleep.spawn(1.0)

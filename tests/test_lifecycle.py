@@ -8,7 +8,17 @@ import traceback
 import loky
 import pytest
 from conftest import assert_gone, markers
-from targets import AsyncProcessor, ExitingExit, FailingEnter, FailingExit, Ordered, Plain, Recorder, wait_for_path
+from targets import (
+    AsyncProcessor,
+    CrashingExit,
+    ExitingExit,
+    FailingEnter,
+    FailingExit,
+    Ordered,
+    Plain,
+    Recorder,
+    wait_for_path,
+)
 
 import lifepool
 
@@ -120,6 +130,17 @@ def test_an_exit_hook_raising_a_base_exception_still_gives_exit_hook_error(hookd
     (error,) = info.value.exceptions
     assert isinstance(error, lifepool.LifepoolError) and "SystemExit: 3" in str(error)
     assert isinstance(error.__cause__, SystemExit) and error.__cause__.args == (3,)
+
+
+def test_a_container_dying_in_its_exit_hook_is_reported_as_it_died(hookdir):
+    # Not as the grace-period kill that was armed but never had to happen.
+    pool = lifepool.LifecyclePool(CrashingExit(hookdir), containers=1, exit_grace_period=60)
+    assert pool.ping.call() == "pong"
+    with pytest.raises(lifepool.ExitHookError) as info:
+        pool.shutdown()
+    (error,) = info.value.exceptions
+    assert isinstance(error, lifepool.ContainerCrashedError) and error.exitcode == 5
+    assert "died during its exit hook: exit code 5" in str(error), error
 
 
 def test_failing_exit_hook_raises_exit_hook_error(hookdir):
