@@ -798,7 +798,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
             worker.send(_wire.frame(_wire.ENTER_FAILED, body=_wire.exception_blob(_trimmed(error))))
         except OSError:
             pass
-        _leave(1)
+        _finish(1, options["exit_grace_period"])
     try:
         worker.send(_wire.frame(_wire.READY))
         exit_exc = worker.serve()
@@ -818,7 +818,34 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         pass
     if isinstance(exit_exc, ParentExitedError):
         _shm.sweep(options["parent_pid"])  # nobody is left to decode or discard what is in flight
-    _leave(0)
+    _finish(0, options["exit_grace_period"])
+
+
+def _finish(code: int, grace: float) -> None:
+    """Leave as the interpreter would at exit, within *grace* seconds, but never waiting for non-daemon threads.
+
+    A container ends with ``os._exit``, which skips the interpreter's exit
+    callbacks; what user code left to them would outlive the container. A
+    ``ProcessPoolExecutor`` or ``multiprocessing.Pool`` made in an enter hook
+    and never shut down kept its workers alive forever, reparented to init.
+    So threading's exit callbacks (``concurrent.futures`` stops its executors
+    there) and ``atexit``'s (multiprocessing's, logging's, the user's) run
+    first. Non-daemon threads are not joined, as before: a thread left
+    running must not hold up the pool's shutdown. A callback that hangs is
+    cut short after *grace* (the parent's kill would do the same).
+    """
+    import atexit
+
+    timer = threading.Timer(grace, _leave, (code,))
+    timer.daemon = True
+    timer.start()
+    for callback in reversed(getattr(threading, "_threading_atexits", [])):
+        try:
+            callback()
+        except BaseException:  # noqa: BLE001 - reported, as the interpreter would
+            sys.excepthook(*sys.exc_info())
+    atexit._run_exitfuncs()
+    _leave(code)
 
 
 def _leave(code: int) -> None:

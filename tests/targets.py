@@ -505,3 +505,21 @@ class Ahead:
     def run(self, directory: str, i: int) -> int:
         pathlib.Path(directory, f"ran-{i}").touch()
         return i
+
+
+class LeavesAnExecutor:
+    """Makes a ProcessPoolExecutor in its enter hook and never shuts it down."""
+
+    def __enter__(self):
+        import concurrent.futures
+        import multiprocessing
+
+        self.executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        assert self.executor.submit(abs, -1).result(timeout=60) == 1
+        return self
+
+    def executor_pids(self):
+        return list(self.executor._processes)  # (no public way to name an executor's workers)
+
+    def pid(self):
+        return os.getpid()

@@ -14,6 +14,7 @@ from targets import (
     ExitingExit,
     FailingEnter,
     FailingExit,
+    LeavesAnExecutor,
     Ordered,
     Plain,
     Recorder,
@@ -339,3 +340,13 @@ def test_every_start_method_runs_the_lifecycle(hookdir, start_method):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=1, start_method=start_method) as pool:
         assert pool.double.call(21) == 42
     assert len(markers(hookdir, "exit")) == 1
+
+
+def test_processes_user_code_left_to_the_interpreters_exit_do_not_outlive_the_container():
+    # A container leaves with os._exit, which skips the interpreter's exit
+    # callbacks; the executor's own exit callback must still stop its workers.
+    with lifepool.LifecyclePool(LeavesAnExecutor(), containers=1) as pool:
+        pids = pool.executor_pids.call()
+        container = pool.pid.call()
+    assert pids
+    assert_gone([container, *pids])
