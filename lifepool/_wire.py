@@ -334,19 +334,79 @@ def exception_blob(exc: BaseException) -> bytes:
     """
     text = format_exception(exc)
     try:
-        with io.BytesIO() as buf:
-            _cloud_picklers()[1](buf, protocol=PROTOCOL).dump(exc)
-            data = buf.getvalue()
-        loads(data)
+        data = _dump_exception(exc)
     except BaseException as pickling_error:  # noqa: BLE001 - anything may be raised by user __reduce__
-        stand_in = RemoteError(
-            _type_name(exc),
-            text,
-            f"{_safe_str(exc)} (could not be sent between processes: "
-            f"{type(pickling_error).__name__}: {_safe_str(pickling_error)})",
-        )
-        data = pickle.dumps(stand_in, PROTOCOL)
+        # A traceback thousands of frames deep (a RecursionError, say) is too
+        # deep to pickle; without its middle frames, the error itself may go.
+        data = _dump_with_short_tracebacks(exc)
+        if data is None:
+            stand_in = RemoteError(
+                _type_name(exc),
+                text,
+                f"{_safe_str(exc)} (could not be sent between processes: "
+                f"{type(pickling_error).__name__}: {_safe_str(pickling_error)})",
+            )
+            data = pickle.dumps(stand_in, PROTOCOL)
     return pickle.dumps((data, _type_name(exc), text), PROTOCOL)
+
+
+def _dump_exception(exc: BaseException) -> bytes:
+    with io.BytesIO() as buf:
+        _cloud_picklers()[1](buf, protocol=PROTOCOL).dump(exc)
+        data = buf.getvalue()
+    loads(data)  # (see exception_blob)
+    return data
+
+
+KEPT_FRAMES = (10, 40)  # outermost and innermost frames kept of a traceback too deep to send
+
+
+def _dump_with_short_tracebacks(exc: BaseException) -> bytes | None:
+    """:func:`_dump_exception` with every long traceback in *exc*'s chain cut to KEPT_FRAMES; None if it still fails.
+
+    The exceptions get their own tracebacks back afterwards (the container may
+    still use them); what is sent carries a note saying how many frames were left out.
+    """
+    outer, inner = KEPT_FRAMES
+    changed: list[tuple[BaseException, types.TracebackType | None, list[str] | None]] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        todo += [error.__cause__, error.__context__]
+        entries = []
+        tb = error.__traceback__
+        while tb is not None:
+            entries.append(tb)
+            tb = tb.tb_next
+        if len(entries) <= outer + inner:
+            continue
+        changed.append((error, error.__traceback__, getattr(error, "__notes__", None)))
+        short = None
+        for entry in reversed(entries[:outer] + entries[-inner:]):
+            short = types.TracebackType(short, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+        error.__traceback__ = short
+        left_out = len(entries) - outer - inner
+        error.__notes__ = [
+            *(getattr(error, "__notes__", None) or []),
+            f"lifepool: {left_out} frames of this traceback were left out (too deep to send)",
+        ]
+    if not changed:
+        return None
+    try:
+        return _dump_exception(exc)
+    except BaseException:  # noqa: BLE001
+        return None
+    finally:
+        for error, tb, notes in changed:
+            error.__traceback__ = tb
+            if notes is None:
+                del error.__notes__
+            else:
+                error.__notes__ = notes
 
 
 def load_exception(blob: bytes) -> BaseException:

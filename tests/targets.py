@@ -75,6 +75,22 @@ class Recorder:
     def fail(self, message: str = "bad input"):
         raise ValueError(message)
 
+    def fail_deep(self, depth):
+        """Raise ValueError *depth* frames down."""
+
+        def down(n):
+            if n == 0:
+                raise ValueError("at the bottom")
+            return down(n - 1)
+
+        return down(depth)
+
+    def recurse(self):
+        def forever(n):
+            return forever(n + 1)
+
+        return forever(0)
+
     def fail_if_odd(self, x):
         if x % 2:
             raise ValueError(f"odd: {x}")

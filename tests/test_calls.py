@@ -375,3 +375,16 @@ def test_closing_a_chunked_map_stops_it_at_once(pool):
     with pytest.raises(StopIteration):  # nothing more, not even the rest of the chunk in hand
         next(results)
     assert pool.double.call(4) == 8
+
+
+def test_an_error_with_a_traceback_too_deep_to_send_keeps_its_type(pool):
+    # tblib pickles a traceback frame by frame, and a few hundred frames are
+    # too deep for pickle: the middle frames are left out, not the error.
+    with pytest.raises(ValueError, match="at the bottom") as info:
+        pool.fail_deep.call(600)
+    assert any("frames of this traceback were left out" in note for note in info.value.__notes__)
+    text = "".join(traceback.format_exception(info.value))
+    assert 'raise ValueError("at the bottom")' in text and "in fail_deep" in text
+    with pytest.raises(RecursionError):
+        pool.recurse.call()
+    assert pool.double.call(2) == 4
