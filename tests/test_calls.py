@@ -382,9 +382,12 @@ def test_an_error_with_a_traceback_too_deep_to_send_keeps_its_type(pool):
     # too deep for pickle: the middle frames are left out, not the error.
     with pytest.raises(ValueError, match="at the bottom") as info:
         pool.fail_deep.call(600)
-    assert any("frames of this traceback were left out" in note for note in info.value.__notes__)
     text = "".join(traceback.format_exception(info.value))
     assert 'raise ValueError("at the bottom")' in text and "in fail_deep" in text
+    # (Python 3.13 pickles this one whole; older ones need the frames cut, and say so.)
+    cut = any("frames of this traceback were left out" in note for note in info.value.__notes__)
+    downs = [frame for frame in traceback.extract_tb(info.value.__traceback__) if frame.name == "down"]
+    assert len(downs) < 50 if cut else len(downs) == 601
     with pytest.raises(RecursionError):
         pool.recurse.call()
     assert pool.double.call(2) == 4
