@@ -543,17 +543,16 @@ class Dispatcher:
                 # (not closed earlier in this batch, nor lent to a caller meanwhile)
                 if data[1].conn is not None and not data[1].borrowed:
                     self._read_container(data[1])
-            elif data[1].state is ContainerState.DEAD:
-                pass
-            else:
-                _end_of_input(data[1])
-                if data[1].borrowed:
+            elif data[1].state is not ContainerState.DEAD:
+                record = data[1]
+                _end_of_input(record)
+                if record.borrowed:
                     # Died while lent to a caller, who is reading its pipe: the
                     # caller sees EOF and hands it back, then it is reaped.
-                    self._selector.unregister(data[1].process.sentinel)
-                    data[1].dead_while_borrowed = True
+                    self._selector.unregister(record.process.sentinel)
+                    record.dead_while_borrowed = True
                 else:
-                    self._reap(data[1])
+                    self._reap(record)
         while self.commands:
             self._command(self.commands.popleft())
         self._check_deadlines()

@@ -244,16 +244,17 @@ class _ChunkedMap:
     input; after each chunk the container reports how long its inputs took,
     and later chunks hold about CHUNK_SECONDS worth of inputs, at most
     MAX_CHUNK of them and at most about CHUNK_BYTES of pickled inputs or
-    results, shared-memory segments included (big inputs make small chunks). The values of a chunk travel as one
-    pickle. Inputs that each take longer than CHUNK_SECONDS stay one per
-    call. ``map`` over one iterable sends the inputs themselves, not a
-    one-argument tuple each, and cuts a list, tuple or range into chunks by
-    slicing (a slice of a range travels as a range, not as its numbers); the
-    container runs a chunk through the built-in ``map``/``itertools.starmap``
-    in runs, at C speed. Results come out through ``itertools.chain``, a
-    chunk's list at a time. Each input keeps its own result or error. A chunk whose container
-    dies fails only the inputs whose outcomes had not come back yet (the
-    container sends finished outcomes every few milliseconds). Chunking is
+    results, shared-memory segments included (big inputs make small chunks).
+    The values of a chunk travel as one pickle. Inputs that each take longer
+    than CHUNK_SECONDS stay one per call. ``map`` over one iterable sends the
+    inputs themselves, not a one-argument tuple each, and cuts a list, tuple
+    or range into chunks by slicing (a slice of a range travels as a range,
+    not as its numbers); the container runs a chunk through the built-in
+    ``map``/``itertools.starmap`` in runs, at C speed. Results come out
+    through ``itertools.chain``, a chunk's list at a time. Each input keeps
+    its own result or error. A chunk whose container dies fails only the
+    inputs whose outcomes had not come back yet (the container sends
+    finished outcomes every few milliseconds). Chunking is
     used only when the pool has no ``timeout`` and no ``retries``, whose
     per-call guarantees it would blur.
     """

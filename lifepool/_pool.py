@@ -468,7 +468,7 @@ def _after_fork_in_child() -> None:
     _live.clear()
     for dispatcher in dispatchers:
         dispatcher.forget_after_fork()
-    _signals.after_fork_in_child()
+    _signals.restore()  # (the forking thread is the child's main thread)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

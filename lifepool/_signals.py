@@ -87,15 +87,6 @@ def restore() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def after_fork_in_child() -> None:
-    """A forked child has no pool of its own yet: SIGTERM kills it again, as it would without lifepool."""
-    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        except ValueError:  # (not the main thread: cannot happen in a fork child, which has one thread)
-            pass
-
-
 def uncaught_exception() -> BaseException | None:
     """The exception that is ending the program, if one is (valid at interpreter exit)."""
     return getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
