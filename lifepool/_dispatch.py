@@ -54,6 +54,7 @@ still holds, so nothing waits forever.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import contextlib
 import enum
@@ -70,6 +71,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
+from concurrent.futures._base import PENDING as _PENDING
 from typing import Any
 
 from . import _shm, _wire, _worker
@@ -112,20 +114,84 @@ class ContainerState(enum.Enum):
 _SERVING = (ContainerState.READY, ContainerState.BUSY)
 
 
-_making_futures = threading.Lock()
+class _FutureCondition(_thread.RLock):
+    """A Future's ``_condition``: ``threading.Condition``'s interface on one C lock.
+
+    ``concurrent.futures.Future`` makes a ``threading.Condition`` per Future:
+    a Python object holding an RLock, a deque and five bound methods, eight
+    objects for the garbage collector to track. A pipelined ``spawn`` loop
+    keeps thousands of Futures alive, and the collections that their
+    allocations trigger cost more than the rest of the call. This is the
+    lock itself, with ``wait``/``notify``/``notify_all`` on top (the
+    Condition's own algorithm: one short-lived lock per waiter); its waiter
+    list is made by the first ``wait``.
+    """
+
+    __slots__ = ("_waiters",)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        try:
+            waiters = self._waiters
+        except AttributeError:
+            waiters = self._waiters = []
+        waiters.append(waiter)
+        saved = self._release_save()
+        got = False
+        try:
+            if timeout is None:
+                got = waiter.acquire()
+            elif timeout > 0:
+                got = waiter.acquire(True, timeout)
+            else:
+                got = waiter.acquire(False)
+            return got
+        finally:
+            self._acquire_restore(saved)
+            if not got:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = getattr(self, "_waiters", None)
+        while waiters and n > 0:
+            waiter = waiters[0]
+            try:
+                waiter.release()
+            except RuntimeError:
+                pass  # released by a notify that a signal cut short before it removed it
+            else:
+                n -= 1
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+
+    def notify_all(self) -> None:
+        self.notify(sys.maxsize)
+
+    def _at_fork_reinit(self) -> None:
+        super()._at_fork_reinit()
+        self._waiters = []
 
 
-class Call:
-    """One method call on its way through the pool.
+class Call(Future):
+    """One method call on its way through the pool, and the Future its caller gets.
 
-    Its Future is made on first use, by whichever thread comes first. A
-    blocking ``.call`` that runs on a borrowed container and ends normally
-    never needs one (see :meth:`Dispatcher.run_borrowed`); every other path
-    (queued calls, errors on the way, interrupts, crashes) makes it.
+    A ``concurrent.futures.Future`` in every respect, whose ``_condition`` is
+    a :class:`_FutureCondition`: one object, besides the Future, where the
+    stdlib makes eight. The call's own fields live beside the Future's, so a
+    Future and its call never point at each other (a cycle only the
+    collector frees). A blocking ``.call`` that runs on a borrowed container
+    and ends normally never touches the Future's side (see
+    :meth:`Dispatcher.run_borrowed`); every other path (queued calls, errors
+    on the way, interrupts, crashes) completes it.
     """
 
     __slots__ = (
-        "_future",
         "attempts",
         "body",
         "chunk",
@@ -150,8 +216,14 @@ class Call:
         stream: bool = False,
         chunk: bool = False,
     ) -> None:
+        # Future.__init__'s fields (the same in 3.11 to 3.13), with the cheaper condition.
+        self._condition = _FutureCondition()
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self.id = call_id
-        self._future: Future[Any] | None = None
         self.body = body  # dumps((name or callable, args, kwargs)), made by the caller
         self.label = label  # "Model.predict", for error notes
         self.kind = kind  # None, or the name of a @batched method (its own capacity)
@@ -163,22 +235,6 @@ class Call:
         self.attempts = 0  # times sent to a container
         self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
-
-    @property
-    def future(self) -> Future[Any]:
-        future = self._future
-        if future is None:
-            # Two threads may get here at once (a caller about to wait, the
-            # dispatcher about to complete it): exactly one Future is made.
-            with _making_futures:
-                future = self._future
-                if future is None:
-                    future = Future()
-                    future._lifepool_call = self  # type: ignore[attr-defined]  # for LifecyclePool._abandon
-                    if self.attempts:
-                        future.set_running_or_notify_cancel()  # (sent already: a borrowed call)
-                    self._future = future
-        return future
 
 
 class ContainerRecord:
@@ -328,8 +384,7 @@ class Dispatcher:
                 return None
             free.popleft()
             record.offered.discard(None)
-            if call._future is not None:
-                call._future.set_running_or_notify_cancel()
+            call.set_running_or_notify_cancel()  # (nobody else has it yet: it cannot be cancelled)
             call.attempts = 1
             call.container = record  # first: abandon_borrow finds the record from here on
             record.inflight[call.id] = call
@@ -351,7 +406,6 @@ class Dispatcher:
         send) with an interrupted result, so the books always balance.
         """
         with self._lock:
-            call.future  # noqa: B018 - made here, under the lock, if it was not yet
             record = call.container
             if record is not None and record.borrowed:
                 self._give_back(record)
@@ -386,7 +440,7 @@ class Dispatcher:
                     if tag != _wire.RESULT or call_id != call.id:
                         self._message(record, data)  # (a late answer to an earlier, abandoned call)
                         continue
-                    if call._future is not None:  # the slow way: the Future is completed
+                    if call.done():  # completed meanwhile (the dispatcher failed): the slow way
                         self._message(record, data)
                         self._give_back(record)
                         break
@@ -397,8 +451,7 @@ class Dispatcher:
                     answer = ok, body
                     break
         except BaseException:
-            with self._lock:
-                call.future  # noqa: B018 - the dispatcher finishes it from here on
+            with self._lock:  # the dispatcher finishes the call from here on
                 if record.borrowed:
                     self._give_back(record)
             self.wake()
@@ -487,11 +540,9 @@ class Dispatcher:
         self.closed = threading.Event()
         self.closed.set()
         for call in waiting:
-            future = call._future
-            if future is not None:
-                future._condition._at_fork_reinit()  # type: ignore[attr-defined]  # (the stdlib's own fork hook)
-                if not future.done():
-                    future.set_exception(RuntimeError(message))
+            call._condition._at_fork_reinit()  # (another thread may have held it)
+            if not call.done():
+                call.set_exception(RuntimeError(message))
 
     # ------------------------------------------------------------------
     # the dispatcher thread
@@ -636,11 +687,11 @@ class Dispatcher:
                 self._release_slot(record, call)
                 if call.interrupted:  # (the interrupt crossed the REVOKE): it ends here, unstarted
                     self._fail(call, KeyboardInterrupt("interrupted before it ran"), None)
-                elif not call.future.done():
+                elif not call.done():
                     self.pending[call.kind].appendleft(call)  # sent again: not a retry
         elif tag == _wire.ITEM:
             call = record.inflight.get(call_id)
-            if call is None or call.sink is None or call.future.done():
+            if call is None or call.sink is None or call.done():
                 _wire.discard(body)
             else:
                 try:
@@ -673,7 +724,7 @@ class Dispatcher:
             return
         record.calls_done += 1
         self._release_slot(record, call)
-        if call.future.done():
+        if call.done():
             _wire.discard(body)
             if record.kills:
                 record.kills.pop(f"unwind {call_id}", None)  # a timed-out call that did unwind
@@ -686,17 +737,17 @@ class Dispatcher:
                 return
             if call.sink is not None:
                 call.sink(("end", None))
-            call.future.set_result(value)
+            call.set_result(value)
         else:
             self._fail(call, _wire.load_exception(bytes(body)), record)
 
     def _fail(self, call: Call, exc: BaseException, record: ContainerRecord | None) -> None:
         if record is not None and not isinstance(exc, LifepoolError):
             exc.add_note(f"lifepool: raised in {record.describe()} by {call.label}")
-        if not call.future.done():
+        if not call.done():
             if call.sink is not None:
                 call.sink(("error", exc))
-            call.future.set_exception(exc)
+            call.set_exception(exc)
 
     def _offer(self, record: ContainerRecord) -> None:
         """Put *record* in the ``_free`` deque of every kind it has room for; READY or BUSY."""
@@ -855,7 +906,7 @@ class Dispatcher:
         record.load.clear()
         record.streams = 0
         for position, call in reversed(list(enumerate(calls))):
-            if call.future.done():
+            if call.done():
                 continue
             if self.ahead and position > 0 and self.state is PoolState.RUNNING and not call.interrupted:
                 # Sent ahead, never started (see _schedule_ahead): not a crash of its own.
@@ -1002,7 +1053,7 @@ class Dispatcher:
             self._in_hand.clear()
             return None
         # (a retried call is already RUNNING: a running future cannot be cancelled)
-        if call.attempts == 0 and not call.future.set_running_or_notify_cancel():
+        if call.attempts == 0 and not call.set_running_or_notify_cancel():
             self._in_hand.clear()
             return None  # cancelled while queued
         call.attempts += 1
@@ -1044,7 +1095,7 @@ class Dispatcher:
 
     def _call_timed_out(self, call: Call) -> None:
         record = call.container
-        if call.future.done() or record is None or call.id not in record.inflight:
+        if call.done() or record is None or call.id not in record.inflight:
             return
         logger.warning(
             "lifepool pool %r: %s timed out after %ss in %s; interrupting it",
@@ -1053,7 +1104,7 @@ class Dispatcher:
             self.timeout,
             record.describe(),
         )
-        call.future.set_exception(
+        call.set_exception(
             CallTimeoutError(f"{call.label} did not finish within timeout={self.timeout}s in {record.describe()}")
         )
         self._interrupt(record, call)
@@ -1084,12 +1135,12 @@ class Dispatcher:
             record = call.container
             if record is not None and call.id in record.inflight:
                 self._interrupt(record, call)
-            elif call.attempts and not call.future.done():
+            elif call.attempts and not call.done():
                 # Sent, then queued again unstarted (given back, or its container
                 # died): it is dropped from the queue instead of running later.
                 with contextlib.suppress(ValueError):
                     self.pending[call.kind].remove(call)
-                    call.future.set_exception(KeyboardInterrupt("interrupted before it ran"))
+                    call.set_exception(KeyboardInterrupt("interrupted before it ran"))
         elif kind == "shutdown":
             _, cancel_futures, exit_blob, abort = command
             if exit_blob is not None and self._exit_blob is None:
@@ -1140,7 +1191,7 @@ class Dispatcher:
 
     def _cancel_pending(self) -> None:
         for call in self._drain_pending():
-            if call.future.cancel() and call.sink is not None:
+            if call.cancel() and call.sink is not None:
                 call.sink(("error", CancelledError()))
 
     def _progress_shutdown(self) -> None:
@@ -1251,8 +1302,6 @@ _starting = threading.RLock()
 
 
 def _after_fork_in_child() -> None:
-    global _making_futures
-    _making_futures = threading.Lock()  # (another thread may have held it)
     _starting.release()  # (taken by this thread before the fork)
 
 

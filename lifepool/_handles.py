@@ -40,6 +40,7 @@ from ._exceptions import LifepoolError
 from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
+    from ._dispatch import Call
     from ._pool import LifecyclePool
 
 
@@ -318,7 +319,7 @@ class _ChunkedMap:
 
         chunk = _wire.Chunk(self.what, inputs, star=not self.single)
         future = self.pool._spawn(chunk, self.label, (), {}, None, sink)
-        self.limit_bytes(_wire.size(future._lifepool_call.body), len(inputs))  # type: ignore[attr-defined]
+        self.limit_bytes(_wire.size(future.body), len(inputs))
         if not self.order_outputs:
             future.add_done_callback(self.finished.put)
         self.in_flight.append((future, partial, len(inputs)))
@@ -363,7 +364,7 @@ class _ChunkedMap:
             if self.in_flight:
                 self.pool._abandon([f for f, _, _ in self.in_flight], interrupt=interrupted)
 
-    def outcomes(self, future: Future[Any], partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
+    def outcomes(self, future: Call, partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
         """The values of a finished chunk, one per input, and the positions that hold an exception.
 
         Also adapts the chunk size to how long the inputs took.
@@ -395,9 +396,8 @@ class _ChunkedMap:
         self.byte_limit = min(self.byte_limit, max(1, self.CHUNK_BYTES * count // max(size, 1)))
         self.size = min(self.size, self.byte_limit)
 
-    def error(self, future: Future[Any], exc: BaseException) -> BaseException:
+    def error(self, call: Call, exc: BaseException) -> BaseException:
         if not isinstance(exc, LifepoolError):
-            call = future._lifepool_call  # type: ignore[attr-defined]
             where = call.container.describe() if call.container is not None else "a container"
             exc.add_note(f"lifepool: raised in {where} by {self.label}")
         return exc

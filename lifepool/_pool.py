@@ -251,10 +251,10 @@ class LifecyclePool(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         kind: str | None = None,
         sink: Callable[[tuple[str, Any]], None] | None = None,
-    ) -> Future[Any]:
+    ) -> Call:
         call = self._make_call(what, label, args, kwargs, kind, sink)
         self._submit(call)
-        return call.future
+        return call
 
     def _run_blocking(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """A blocking call: ``(True, value)`` or ``(False, exception)``.
@@ -263,7 +263,7 @@ class LifecyclePool(concurrent.futures.Executor):
         else it is queued and waited for. A KeyboardInterrupt cancels the call
         (interrupts it if it runs) and leaves the pool alive.
         """
-        call = self._make_call(what, label, args, kwargs, None, None, eager=False)
+        call = self._make_call(what, label, args, kwargs, None, None)
         dispatcher = self._dispatcher
         try:
             record = dispatcher.borrow(call)
@@ -273,15 +273,14 @@ class LifecyclePool(concurrent.futures.Executor):
                 ok, outcome = dispatcher.run_borrowed(record, call)
                 if ok or outcome is not None:
                     return ok, outcome
-            future = call.future
-            error = future.exception()
+            error = call.exception()
         except KeyboardInterrupt:
             # It may land anywhere, even between lending the container and
             # waiting on it (a busy machine makes that window long).
             dispatcher.abandon_borrow(call)
-            self._abandon([call.future], interrupt=True)
+            self._abandon([call], interrupt=True)
             raise
-        return (False, error) if error is not None else (True, future.result())
+        return (False, error) if error is not None else (True, call.result())
 
     def _make_call(
         self,
@@ -291,10 +290,8 @@ class LifecyclePool(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         kind: str | None,
         sink: Callable[[tuple[str, Any]], None] | None,
-        *,
-        eager: bool = True,
     ) -> Call:
-        """Encode a call; with *eager*, make its Future now (it is returned to a caller)."""
+        """Encode a call (also the Future its caller gets)."""
         try:
             body = _wire.dumps((what, args, kwargs))
         except Exception as error:
@@ -304,9 +301,7 @@ class LifecyclePool(concurrent.futures.Executor):
         call = Call(next(_call_ids), body, label, kind, sink, stream=sink is not None and not chunk, chunk=chunk)
         if _wire.has_segments(body):
             # The body's shared memory lives until the call is over (it may be retried).
-            call.future.add_done_callback(lambda _: _wire.discard(body))
-        elif eager:
-            call.future  # noqa: B018
+            call.add_done_callback(lambda _: _wire.discard(body))
         return call
 
     def _submit(self, call: Call) -> None:
@@ -314,14 +309,14 @@ class LifecyclePool(concurrent.futures.Executor):
             self._dispatcher.submit(call)  # raises if the pool refuses calls (shut down, broken)
         except KeyboardInterrupt:
             # Queued or not, nobody will ever see this future: make sure it never runs.
-            self._abandon([call.future], interrupt=True)
+            self._abandon([call], interrupt=True)
             raise
 
-    def _abandon(self, futures: list[Future[Any]], *, interrupt: bool) -> None:
+    def _abandon(self, futures: list[Call], *, interrupt: bool) -> None:
         """Cancel queued calls among *futures*; with *interrupt*, interrupt the running ones."""
         for future in futures:
             if not future.cancel() and interrupt and not future.done():
-                self._dispatcher.control("interrupt", future._lifepool_call)
+                self._dispatcher.control("interrupt", future)
 
     def _window(self, kind: str | None) -> int:
         """Calls ``map`` keeps in flight: twice what the containers can hold at once."""
@@ -334,9 +329,9 @@ class LifecyclePool(concurrent.futures.Executor):
         dispatcher = self._dispatcher
         return dispatcher.timeout is None and dispatcher.retries == 0 and dispatcher.max_calls is None
 
-    def _grant(self, future: Future[Any], count: int) -> None:
+    def _grant(self, future: Call, count: int) -> None:
         """Let a stream's container send *count* more items."""
-        self._dispatcher.control("credit", future._lifepool_call, count)
+        self._dispatcher.control("credit", future, count)
 
     def _stop(self, request: Callable[[Dispatcher], None], *, aborting: bool) -> KeyboardInterrupt | None:
         """Stop the pool with *request* and wait for its containers to be gone (see _stop_pools)."""

@@ -354,7 +354,7 @@ def test_map_cuts_lists_tuples_and_ranges_by_slicing(pool, kind):
         def submit_next(self):
             went = super().submit_next()
             if went:
-                bodies.append(len(self.in_flight[-1][0]._lifepool_call.body))
+                bodies.append(len(self.in_flight[-1][0].body))
             return went
 
     count = 20_000
