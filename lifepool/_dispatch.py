@@ -374,15 +374,17 @@ class Dispatcher:
             free = self._free[None]
             if self._refusal is not None or self.pending[None] or self.state is not PoolState.RUNNING:
                 return None
+            # The container given back last: it is the likeliest still running
+            # on a CPU, its caches warm (sequential calls stay on one container).
             while free:
-                record = free[0]
+                record = free[-1]
                 if record.state is ContainerState.READY and not record.inflight and record.conn is not None:
                     break
-                free.popleft()  # stale, exactly as _schedule_kind would find it
+                free.pop()  # stale, exactly as _schedule_kind would find it
                 record.offered.discard(None)
             else:
                 return None
-            free.popleft()
+            free.pop()
             record.offered.discard(None)
             call.set_running_or_notify_cancel()  # (nobody else has it yet: it cannot be cancelled)
             call.attempts = 1

@@ -236,6 +236,22 @@ def test_spawned_future_can_be_cancelled_while_queued(hookdir):
         assert p.echo.call("after") == "after"
 
 
+def test_sequential_blocking_calls_stay_on_the_container_used_last(hookdir):
+    from targets import wait_for_path
+
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=2) as p:
+        release = hookdir / "release"
+        started = [hookdir / f"started-{n}" for n in range(2)]
+        both = [p.block_until.spawn(str(release), str(path)) for path in started]
+        for path in started:
+            wait_for_path(path)  # (both containers are up)
+        release.touch()
+        assert [f.result(timeout=60) for f in both] == ["released"] * 2
+        # Each call borrows the idle container given back last, whose process
+        # is the likeliest to be warm on a CPU.
+        assert len({p.where.call() for _ in range(20)}) == 1
+
+
 def test_many_threads_calling_at_once(pool):
     def worker(n):
         return [pool.add.call(n, i) for i in range(20)]
