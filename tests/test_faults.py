@@ -100,9 +100,15 @@ def test_timeout_counts_from_start_not_from_queueing(hookdir):
         assert second.result(timeout=60) == "slept"
 
 
-def test_a_call_that_swallows_the_interrupt_gets_its_container_killed_and_replaced(hookdir, caplog):
+def test_a_call_that_swallows_the_interrupt_gets_its_container_killed_and_replaced(hookdir, caplog, monkeypatch):
+    from lifepool import _dispatch
+
     caplog.set_level(logging.INFO, logger="lifepool")
-    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, timeout=0.3) as pool:
+    monkeypatch.setattr(_dispatch, "TIMEOUT_UNWIND_SECONDS", 0.5)
+    # The timeout must fire once the call runs: an interrupt that comes before
+    # it starts (a container slower than the timeout to pick it up, on a loaded
+    # machine) stops it before it can swallow anything. Hence 2 s, not less.
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, timeout=2) as pool:
         pid = pool.pid.call()
         queued_after = None
         with pytest.raises(lifepool.CallTimeoutError):
