@@ -338,7 +338,11 @@ def exception_blob(exc: BaseException) -> bytes:
     except BaseException as pickling_error:  # noqa: BLE001 - anything may be raised by user __reduce__
         # A traceback thousands of frames deep (a RecursionError, say) is too
         # deep to pickle; without its middle frames, the error itself may go.
+        # An error whose cause (or context) cannot travel goes with a stand-in
+        # for that link: it keeps its own type, so `except` clauses still match.
         data = _dump_with_short_tracebacks(exc)
+        if data is None:
+            data = _dump_with_stand_ins(exc)
         if data is None:
             stand_in = RemoteError(
                 _type_name(exc),
@@ -403,10 +407,79 @@ def _dump_with_short_tracebacks(exc: BaseException) -> bytes | None:
     finally:
         for error, tb, notes in changed:
             error.__traceback__ = tb
-            if notes is None:
-                del error.__notes__
-            else:
-                error.__notes__ = notes
+            _put_back_notes(error, notes)
+
+
+def _dump_with_stand_ins(exc: BaseException) -> bytes | None:
+    """*exc* encoded with each ``__cause__``/``__context__`` that cannot travel replaced by a RemoteError.
+
+    A stand-in carries the link's type name and its formatted traceback (its
+    own chain included), and the exception whose link it replaces gets a note
+    saying so. None if *exc* cannot travel even then. The chain is put back
+    as it was afterwards (the container may still use it).
+    """
+    changed: list[tuple[BaseException, BaseException | None, BaseException | None, bool, list[str] | None]] = []
+    seen: set[int] = set()
+    todo = [exc]
+    try:
+        while todo:
+            error = todo.pop()
+            if id(error) in seen:
+                continue
+            seen.add(id(error))
+            cause, context = error.__cause__, error.__context__
+            new_cause, new_context = cause, context
+            replaced = []
+            for link in {id(link): link for link in (cause, context) if link is not None}.values():
+                if _travels_alone(link):
+                    todo.append(link)
+                    continue
+                stand_in = stand_in_for(link)
+                new_cause = stand_in if link is cause else new_cause
+                new_context = stand_in if link is context else new_context
+                replaced.append(
+                    f"lifepool: {_type_name(link)} in this error's chain could not be sent "
+                    "between processes; a RemoteError stands in for it"
+                )
+            if not replaced:
+                continue
+            suppress = error.__suppress_context__
+            changed.append((error, cause, context, suppress, getattr(error, "__notes__", None)))
+            error.__cause__, error.__context__ = new_cause, new_context
+            error.__suppress_context__ = suppress  # (setting __cause__ sets it)
+            error.__notes__ = [*(getattr(error, "__notes__", None) or []), *replaced]
+        if not changed:
+            return None
+        try:
+            return _dump_exception(exc)
+        except BaseException:  # noqa: BLE001
+            return _dump_with_short_tracebacks(exc)
+    finally:
+        for error, cause, context, suppress, notes in changed:
+            error.__cause__, error.__context__ = cause, context
+            error.__suppress_context__ = suppress
+            _put_back_notes(error, notes)
+
+
+def _travels_alone(exc: BaseException) -> bool:
+    """Whether *exc* can be encoded without its own cause and context (those are checked one by one)."""
+    cause, context, suppress = exc.__cause__, exc.__context__, exc.__suppress_context__
+    exc.__cause__ = exc.__context__ = None
+    try:
+        _dump_exception(exc)
+    except BaseException:  # noqa: BLE001
+        return _dump_with_short_tracebacks(exc) is not None
+    finally:
+        exc.__cause__, exc.__context__ = cause, context
+        exc.__suppress_context__ = suppress
+    return True
+
+
+def _put_back_notes(error: BaseException, notes: list[str] | None) -> None:
+    if notes is None:
+        del error.__notes__
+    else:
+        error.__notes__ = notes
 
 
 def load_exception(blob: bytes) -> BaseException:

@@ -127,6 +127,21 @@ class Recorder:
     def unpicklable_error(self):
         raise UnpicklableError(threading.Lock())
 
+    def error_with_unpicklable_cause(self):
+        try:
+            raise UnpicklableError(threading.Lock())
+        except UnpicklableError as error:
+            raise ValueError("config is bad") from error
+
+    def error_with_unpicklable_context(self):
+        try:
+            try:
+                _ = {}["missing"]
+            except KeyError:
+                raise UnpicklableError(threading.Lock())  # (an implicit chain)
+        except UnpicklableError:
+            raise RuntimeError("while cleaning up")
+
     def custom_init_error(self):
         raise CustomInitError("a", 2)
 

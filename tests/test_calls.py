@@ -201,6 +201,28 @@ def test_unpicklable_error_becomes_remote_error(pool):
     assert pool.echo.call("still serving") == "still serving"
 
 
+def test_an_error_whose_cause_cannot_travel_keeps_its_type(pool):
+    with pytest.raises(ValueError, match="config is bad") as info:
+        pool.error_with_unpicklable_cause.call()
+    cause = info.value.__cause__
+    assert isinstance(cause, lifepool.RemoteError) and cause.type_name.endswith("UnpicklableError")
+    assert "raise UnpicklableError" in cause.remote_traceback
+    assert info.value.__suppress_context__  # (raise ... from: the context stays hidden)
+    assert any("a RemoteError stands in" in note for note in info.value.__notes__)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "raise ValueError" in shown and "raise UnpicklableError" in shown
+
+
+def test_an_unpicklable_link_in_the_middle_of_a_chain_keeps_the_links_around_it(pool):
+    with pytest.raises(RuntimeError, match="while cleaning up") as info:
+        pool.error_with_unpicklable_context.call()
+    context = info.value.__context__
+    assert isinstance(context, lifepool.RemoteError) and context.type_name.endswith("UnpicklableError")
+    assert "KeyError" in context.remote_traceback  # the stand-in's own chain, as text
+    assert not info.value.__suppress_context__
+    assert pool.echo.call("still serving") == "still serving"
+
+
 def test_error_whose_reduce_raises_becomes_remote_error(pool):
     with pytest.raises(lifepool.RemoteError) as info:
         pool.exploding_reduce_error.call()

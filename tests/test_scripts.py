@@ -563,6 +563,24 @@ with lifepool.LifecyclePool(Recorder, containers=2) as pool:
         assert "Unpicklable: holds a lock" in remote, remote
 
 
+def test_exit_hooks_receive_the_error_itself_when_only_its_cause_cannot_be_pickled(run_script):
+    run = run_script(
+        RECORDING_EXIT
+        + """
+with lifepool.LifecyclePool(Recorder, containers=2) as pool:
+    try:
+        raise Unpicklable("holds a lock")
+    except Unpicklable as error:
+        raise ParentError("raised from it") from error  # PARENT-RAISE-LINE
+"""
+    )
+    assert run.returncode == 1, run
+    assert "ParentError: raised from it" in run.stderr and "Unpicklable: holds a lock" in run.stderr, run
+    for event in exit_events(run):
+        assert event["is_parent_error"] and event["type_is_value_type"], event
+        assert event["args"] == ["raised from it"], event
+
+
 # ---------------------------------------------------------------------------
 # forks: of a program with a pool open, and of a container
 # ---------------------------------------------------------------------------
