@@ -278,6 +278,8 @@ def _cloud_picklers() -> tuple[type, type]:
 
             def reducer_override(self, obj):
                 if isinstance(obj, BaseException):
+                    if _rebuilt_from_args(obj):
+                        return _reduce_builtin_exception(obj, pickling_support.unpickle_exception)
                     return pickling_support.pickle_exception(obj)
                 if isinstance(obj, types.TracebackType):
                     return pickling_support.pickle_traceback(obj)
@@ -285,6 +287,33 @@ def _cloud_picklers() -> tuple[type, type]:
 
         _picklers = (Pickler, ExceptionPickler)
     return _picklers
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not built into CPython
+
+
+def _rebuilt_from_args(exc: BaseException) -> bool:
+    """Whether *exc* is a built-in exception best rebuilt by calling its class with its ``args``.
+
+    tblib rebuilds an exception whose class has its own ``__init__`` but not
+    its own ``__reduce__`` without calling ``__init__``, which suits user
+    classes with odd constructors; but every built-in class has its own
+    ``__init__``, and several set fields there from ``args``: a SyntaxError
+    came back as "None" with no file or line, a UnicodeDecodeError as "",
+    ``SystemExit.code`` and ``StopIteration.value`` as None.
+    """
+    cls = type(exc)
+    return not cls.__flags__ & _HEAP_TYPE and not isinstance(exc, (OSError, BaseExceptionGroup))
+
+
+def _reduce_builtin_exception(exc: BaseException, rebuild):
+    """tblib's reduction of *exc* that calls ``type(exc)(*exc.args)`` (see :func:`_rebuilt_from_args`)."""
+    cls, args, *rest = exc.__reduce__()
+    state = rest[0] if rest else None
+    if isinstance(exc, (NameError, AttributeError)) and exc.name is not None:
+        state = {**(state or {}), "name": exc.name}  # (a keyword of __init__: not in args)
+    chain = (exc.__cause__, exc.__traceback__, exc.__context__, exc.__suppress_context__)
+    return rebuild, (cls, args, *chain, getattr(exc, "__notes__", None)), state
 
 
 def cloud_dumps(obj, buffer_callback=None) -> bytes:

@@ -107,3 +107,54 @@ def test_eof_in_the_middle_of_a_message(pair, cut):
     left.close()
     with pytest.raises(EOFError):
         _wire.Reader(right.fileno()).recv()
+
+
+def _raised(make):
+    try:
+        make()
+    except BaseException as error:
+        return error
+    raise AssertionError("nothing raised")
+
+
+def _round_trip(error):
+    return _wire.load_exception(_wire.exception_blob(error))
+
+
+def _undefined_name():
+    return undefined_name  # noqa: F821
+
+
+@pytest.mark.parametrize(
+    ("make", "fields"),
+    [
+        (lambda: compile("x = = 1", "<cell>", "exec"), ("msg", "filename", "lineno", "offset", "text")),
+        (lambda: b"\xff".decode("utf-8"), ("encoding", "object", "start", "end", "reason")),
+        (lambda: exec("raise SystemExit(3)"), ("code",)),
+        (lambda: exec("raise StopIteration(7)"), ("value",)),
+        (_undefined_name, ("name",)),
+        (lambda: object().nope, ("name",)),
+        (lambda: open("/nonexistent/lifepool"), ("errno", "strerror", "filename")),
+        (lambda: {}["key"], ()),
+    ],
+)
+def test_built_in_exceptions_cross_with_the_fields_their_constructor_sets(make, fields):
+    error = _raised(make)
+    back = _round_trip(error)
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    assert back.args == error.args
+    for field in fields:
+        assert getattr(back, field) == getattr(error, field), field
+    assert back.__traceback__ is not None
+
+
+def test_a_user_exception_with_its_own_constructor_still_crosses_as_itself():
+    class Odd(ValueError):
+        def __init__(self, left, right):
+            super().__init__(f"{left}-{right}")
+            self.left, self.right = left, right
+
+    back = _round_trip(_raised(lambda: (_ for _ in ()).throw(Odd(1, 2))))
+    assert type(back).__name__ == "Odd" and str(back) == "1-2"
+    assert (back.left, back.right) == (1, 2)
