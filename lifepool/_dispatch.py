@@ -376,42 +376,68 @@ class Dispatcher:
                 return None
             # The container given back last: it is the likeliest still running
             # on a CPU, its caches warm (sequential calls stay on one container).
+            # A Ctrl-C may land between any two lines from here on: each step
+            # leaves what abandon_borrow can put right (a record listed in
+            # _free twice is skipped as stale, never one left out of it).
             while free:
                 record = free[-1]
                 if record.state is ContainerState.READY and not record.inflight and record.conn is not None:
                     break
-                free.pop()  # stale, exactly as _schedule_kind would find it
                 record.offered.discard(None)
+                free.pop()  # stale, exactly as _schedule_kind would find it
             else:
                 return None
-            free.pop()
-            record.offered.discard(None)
-            call.set_running_or_notify_cancel()  # (nobody else has it yet: it cannot be cancelled)
-            call.attempts = 1
             call.container = record  # first: abandon_borrow finds the record from here on
-            record.inflight[call.id] = call
+            record.offered.discard(None)
+            free.pop()
             record.load[None] = 1
             record.state = ContainerState.BUSY
+            call.set_running_or_notify_cancel()  # (nobody else has it yet: it cannot be cancelled)
+            call.attempts = 1
+            record.inflight[call.id] = call  # on the books: an interrupt now reaches the container
             record.borrowed = True
             if record.watched:
-                record.watched = False
                 self._selector.unregister(record.conn)
+                record.watched = False
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
             return record
 
     def abandon_borrow(self, call: Call) -> None:
-        """After an interrupt anywhere on the fast path: give the container back if still lent.
+        """After an interrupt anywhere on the fast path (any line of :meth:`borrow`,
+        :meth:`run_borrowed` or the caller's): leave the books whole.
 
-        The call stays on the container's books; the caller then interrupts it
-        as usual. A container answers an interrupt for a call it is not running
-        (finished, or never received because the interrupt came before the
-        send) with an interrupted result, so the books always balance.
+        A container still lent for *call* is given back with the call in
+        flight; the caller then interrupts it as usual. A container answers an
+        interrupt for a call it is not running (finished, or never received
+        because the interrupt came before the send) with an interrupted
+        result, so the books always balance. A container the call was taking
+        or leaving (not yet, or no longer, on its books) is put back on offer
+        if it is idle; one lent to another thread meanwhile is left alone.
         """
         with self._lock:
             record = call.container
-            if record is not None and record.borrowed:
-                self._give_back(record)
+            if record is not None:
+                watching = self._selector.get_map()  # (None once the dispatcher has closed it)
+                if record.conn is not None and watching is not None:
+                    # (the interrupt may have come between unregistering the pipe and noting it)
+                    record.watched = watching.get(record.conn) is not None
+                if record.borrowed:
+                    if call.id in record.inflight:  # (not lent to another thread since)
+                        self._give_back(record)
+                elif not record.inflight:
+                    self._unborrow(record, call)
         self.wake()
+
+    def _unborrow(self, record: ContainerRecord, call: Call) -> None:
+        """Put an idle *record* back on offer: *call*'s borrow was cut short before it was
+        sent, or after its answer was taken off the books."""
+        call.container = None
+        record.load[None] = 0
+        if record.state is ContainerState.BUSY:
+            record.state = ContainerState.READY
+        self._offer(record)
+        if call.running():
+            call.set_exception(KeyboardInterrupt("interrupted on the fast path"))  # (nobody waits for it)
 
     def run_borrowed(self, record: ContainerRecord, call: Call) -> tuple[bool, Any]:
         """Wait on the lent container's pipe until *call* is answered, then give it back.

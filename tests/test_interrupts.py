@@ -337,3 +337,81 @@ def test_pool_installs_sigterm_handler_only_over_the_default_and_restores_only_i
     pool = lifepool.LifecyclePool(dict, containers=1, handle_sigterm=False)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     pool.shutdown()
+
+
+@pytest.mark.parametrize("step", ["LifecyclePool._run_blocking", "borrow", "run_borrowed", "_give_back"])
+def test_a_ctrl_c_on_any_line_of_the_fast_path_leaves_the_pool_whole(tmp_path, step):
+    # A blocking call borrows an idle container, waits on its pipe and gives
+    # it back (the fast path). A Ctrl-C may land between any two lines of it;
+    # with one container, a container lost from the books would leave the
+    # next call queued forever.
+    from targets import Recorder
+
+    from lifepool._dispatch import Dispatcher
+
+    owner, _, name = step.rpartition(".")
+    code = getattr(lifepool.LifecyclePool if owner else Dispatcher, name).__code__
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno})
+
+    def interrupt_at(line):
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno == line:
+                sys.settrace(None)
+                raise KeyboardInterrupt(f"at line {line}")
+            return local
+
+        return lambda frame, event, arg: local if frame.f_code is code else None
+
+    with lifepool.LifecyclePool(Recorder(tmp_path), containers=1) as pool:
+        assert pool.echo.call(0) == 0
+        interrupted = 0
+        for line in lines:
+            sys.settrace(interrupt_at(line))
+            try:
+                pool.echo.call(line)
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                sys.settrace(None)
+            assert pool.echo.spawn(line).result(timeout=30) == line, f"interrupted at line {line}"
+            assert pool.echo.call(-line) == -line
+        assert interrupted >= len(lines) // 2, (interrupted, len(lines))
+
+
+def test_a_late_ctrl_c_leaves_alone_the_container_another_thread_borrowed_meanwhile(tmp_path):
+    # The Ctrl-C comes just after a fast call got its answer, when another
+    # thread has already borrowed the same container: that thread keeps it.
+    import inspect
+    import threading
+
+    from targets import Recorder, wait_for_path
+
+    code = lifepool.LifecyclePool._run_blocking.__code__
+    source, first = inspect.getsourcelines(lifepool.LifecyclePool._run_blocking)
+    (line,) = [first + i for i, text in enumerate(source) if "if ok or outcome is not None" in text]
+    release, started = tmp_path / "release", tmp_path / "started"
+    other: list[object] = []
+
+    with lifepool.LifecyclePool(Recorder(tmp_path), containers=1) as pool:
+        assert pool.echo.call(0) == 0
+        thread = threading.Thread(target=lambda: other.append(pool.block_until.call(str(release), str(started))))
+
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno == line:
+                sys.settrace(None)
+                thread.start()
+                wait_for_path(started)  # the other thread borrowed the container, its call runs
+                raise KeyboardInterrupt
+            return local
+
+        sys.settrace(lambda frame, event, arg: local if frame.f_code is code else None)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                pool.echo.call(1)
+        finally:
+            sys.settrace(None)
+        release.touch()
+        thread.join(timeout=30)
+        assert other == ["released"]
+        assert pool.echo.spawn(2).result(timeout=30) == 2
+        assert pool.echo.call(3) == 3
