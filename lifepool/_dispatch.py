@@ -528,6 +528,10 @@ class Dispatcher:
 
     def shutdown(self, cancel_futures: bool, exit_blob: bytes | None, abort: bool) -> None:
         self.refuse(lambda: RuntimeError(f"cannot schedule new calls after shutdown (pool {self.name!r})"))
+        if cancel_futures or abort:
+            # Now, as concurrent.futures executors do, not when the dispatcher
+            # gets to it: shutdown(wait=False) returns with them cancelled.
+            self._cancel_pending(drop=False)
         self.control("shutdown", cancel_futures, exit_blob, abort)
 
     def control(self, *command: Any) -> None:
@@ -1217,9 +1221,15 @@ class Dispatcher:
             if record is not None and record.state is not ContainerState.DEAD:
                 self._kill(record, reason)
 
-    def _cancel_pending(self) -> None:
-        for call in self._drain_pending():
-            if call.cancel() and call.sink is not None:
+    def _cancel_pending(self, *, drop: bool = True) -> None:
+        """Cancel the queued calls (those sent once are running: they stay); with *drop*, empty the queues.
+
+        Also from a caller's thread, without *drop*: cancelling is safe from
+        any thread, and the dispatcher skips a cancelled call when it takes it.
+        """
+        calls = self._drain_pending() if drop else [call for pending in self.pending.values() for call in list(pending)]
+        for call in calls:
+            if not call.cancelled() and call.cancel() and call.sink is not None:
                 call.sink(("error", CancelledError()))
 
     def _progress_shutdown(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import itertools
 import queue
@@ -230,10 +231,7 @@ def _abandoning_on_error(pool: LifecyclePool, futures: Iterable[Any]) -> Iterato
     try:
         yield
     except BaseException as error:
-        pool._abandon(
-            [f if isinstance(f, Future) else f[0] for f in futures],
-            interrupt=isinstance(error, KeyboardInterrupt),
-        )
+        pool._abandon(list(futures), interrupt=isinstance(error, KeyboardInterrupt))
         raise
 
 
@@ -294,9 +292,12 @@ class _ChunkedMap:
         self.window = pool._window(None)  # chunks in flight
         self.in_flight: collections.deque[tuple[Future[Any], list[Any], int]] = collections.deque()
         self.finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
-        with _abandoning_on_error(pool, self.in_flight):
+        try:
             while len(self.in_flight) < self.window and self.submit_next():
                 pass
+        except BaseException as error:  # (see _abandoning_on_error)
+            self.abandon(interrupt=isinstance(error, KeyboardInterrupt))
+            raise
 
     def take(self) -> Sequence[Any]:
         """The next chunk's inputs, up to ``self.size`` of them (argument tuples are unpacked in the container)."""
@@ -361,8 +362,21 @@ class _ChunkedMap:
             interrupted = True
             raise
         finally:
-            if self.in_flight:
-                self.pool._abandon([f for f, _, _ in self.in_flight], interrupt=interrupted)
+            self.abandon(interrupt=interrupted)
+
+    def abandon(self, *, interrupt: bool) -> None:
+        """Drop the chunks still out (interrupt them with *interrupt*); their outcomes are never decoded.
+
+        A chunk's values travel as a message of their own inside its result
+        (see :meth:`outcomes`): one left undecoded would hold its shared-memory
+        segments until the pool stops, so they are unlinked when it ends.
+        """
+        if not self.in_flight:
+            return
+        self.pool._abandon([future for future, _, _ in self.in_flight], interrupt=interrupt)
+        for future, partial, _ in self.in_flight:
+            future.add_done_callback(functools.partial(_discard_outcomes, partial))
+        self.in_flight.clear()
 
     def outcomes(self, future: Call, partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
         """The values of a finished chunk, one per input, and the positions that hold an exception.
@@ -401,6 +415,15 @@ class _ChunkedMap:
             where = call.container.describe() if call.container is not None else "a container"
             exc.add_note(f"lifepool: raised in {where} by {self.label}")
         return exc
+
+
+def _discard_outcomes(partial: list[Any], future: Future[Any]) -> None:
+    """Unlink the shared memory of an abandoned chunk's outcomes (see _ChunkedMap.abandon)."""
+    segments = list(partial)
+    if not future.cancelled() and future.exception() is None:
+        segments.append(future.result()[2])
+    for values_blob, _errors in segments:
+        _wire.discard(values_blob)
 
 
 class _MapResults(itertools.chain):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import _hooks, _launch, _signals, _wire
+from . import _hooks, _launch, _signals, _wire, _worker
 from ._dispatch import Call, Dispatcher, PoolState
 from ._exceptions import ExitHookError
 from ._handles import RemoteMethod, map_calls
@@ -95,6 +95,12 @@ class LifecyclePool(concurrent.futures.Executor):
         handle_sigterm: bool = True,
     ) -> None:
         self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
+        if _worker.importing_target():
+            raise RuntimeError(
+                "a lifepool pool cannot be made while a container imports its target's module: the module "
+                "makes a pool when imported, so every container would make its own, without end. Make the "
+                'pool in a function, or under `if __name__ == "__main__":`'
+            )
         cls = target if isinstance(target, type) else type(target)
         if containers is None:
             import loky  # (only for this: the containers are not started through loky by default)
@@ -128,6 +134,7 @@ class LifecyclePool(concurrent.futures.Executor):
         self.name = name or f"pool-{next(_pool_names)}"
         self._handles: dict[str, RemoteMethod] = {}
         self._exit_errors_reported = False
+        _signals.note_shown_errors()  # (an error shown before this pool existed cannot end the program at exit)
         dispatcher = Dispatcher(
             self.name,
             target_blob,
@@ -272,6 +279,10 @@ class LifecyclePool(concurrent.futures.Executor):
             else:
                 ok, outcome = dispatcher.run_borrowed(record, call)
                 if ok or outcome is not None:
+                    # Answered without the Future, whose callback would unlink
+                    # the arguments' shared memory (see _make_call).
+                    if _wire.has_segments(call.body):
+                        _wire.discard(call.body)
                     return ok, outcome
             error = call.exception()
         except KeyboardInterrupt:

@@ -87,9 +87,43 @@ def restore() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def uncaught_exception() -> BaseException | None:
-    """The exception that is ending the program, if one is (valid at interpreter exit)."""
+def _last_shown() -> BaseException | None:
     return getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+
+
+# The error noted last when a pool was made (see note_shown_errors). A strong
+# reference: built-in exceptions take no weak one, and an id could be reused.
+_shown_before: BaseException | None = None
+
+
+def note_shown_errors() -> None:
+    """Note the error an interactive session last showed, when a pool is made: it does not end the program."""
+    global _shown_before
+    _shown_before = _last_shown()
+
+
+def uncaught_exception() -> BaseException | None:
+    """The exception that is ending the program, if one is (valid at interpreter exit).
+
+    CPython notes an uncaught exception in ``sys.last_exc``/``sys.last_value``
+    before it runs the exit callbacks. So do interactive sessions (the REPL,
+    IPython and Jupyter, ``code.InteractiveInterpreter``) for every error they
+    show and carry on after: there, what is noted ends nothing. Hence None in
+    an interactive session, and for an error that was already noted when a
+    pool was last made (an error shown in an earlier cell).
+    """
+    last = _last_shown()
+    if last is None or last is _shown_before or _interactive():
+        return None
+    return last
+
+
+def _interactive() -> bool:
+    if hasattr(sys, "ps1") or sys.flags.interactive:
+        return True
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    return get_ipython is not None and get_ipython() is not None
 
 
 def interrupted_at_exit(interrupt: KeyboardInterrupt) -> None:

@@ -92,6 +92,8 @@ class _State:
     in_user_code = False  # main thread runs an inline call or an enter hook
     call_id: int | None = None  # the inline call it runs (None: an enter hook)
     parent_gone = False
+    orphan_kill_armed = False  # see _leave_when_orphaned
+    loading_target = False  # the target is being unpickled: its module may be imported (see importing_target)
     missed = False  # an interrupt signal came while no user code ran (see run_user)
     reading = False  # signalled() is reading the pipe (a nested handler must not read too)
     again = False  # a signal came while it read: read again before returning
@@ -99,6 +101,11 @@ class _State:
 
 
 _state = _State()
+
+
+def importing_target() -> bool:
+    """Whether this is a container importing its target's module (where making a pool is refused)."""
+    return _state.loading_target
 
 
 def _ignore_signal(signum: int, frame: object) -> None:
@@ -314,7 +321,11 @@ class _Worker:
     # -- lifecycle --------------------------------------------------------
     def enter(self, target_blob: bytes) -> None:
         global _current
-        target = _wire.loads(target_blob)
+        _state.loading_target = True
+        try:
+            target = _wire.loads(target_blob)
+        finally:
+            _state.loading_target = False
         cls = target if isinstance(target, type) else type(target)
         self.info = _hooks.inspect_class(cls)
         self.instance = self.run_user(cls) if isinstance(target, type) else target
@@ -746,8 +757,8 @@ def _trimmed(exc: BaseException) -> BaseException:
     return exc.with_traceback(tb)
 
 
-def _watch_parent(conn_fd: int, parent_pid: int) -> None:
-    """Notice the parent vanish while the main thread is busy; interrupt it.
+def _watch_parent(conn_fd: int, parent_pid: int, options: dict[str, Any]) -> None:
+    """Notice the parent vanish while the main thread is busy; interrupt it, and bound the stop.
 
     *parent_pid* is this process's parent when it started, which is not the
     pool's parent under multiprocessing's fork server: the fork server is.
@@ -762,10 +773,44 @@ def _watch_parent(conn_fd: int, parent_pid: int) -> None:
         if events or os.getppid() != parent_pid:
             break
     _state.parent_gone = True
+    _leave_when_orphaned(options)
     # An idle main thread waits in a read that would end only when every copy
     # of the parent's end is closed: end it here, whoever holds a copy.
     _wire.end_reading(conn_fd)
     signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+
+def _set_process_name(pool_name: str, index: int) -> None:
+    """Name this process ``lp-<pool name>-<index>`` where ``top`` and ``ps -o comm`` look (Linux; 15 bytes)."""
+    suffix = f"-{index}"
+    name = f"lp-{pool_name}".encode(errors="replace")[: 15 - len(suffix)] + suffix.encode()
+    try:
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(name)
+    except OSError:
+        pass  # (not Linux, or no /proc: the name stays the interpreter's)
+
+
+def _leave_when_orphaned(options: dict[str, Any]) -> None:
+    """The parent is gone, and nobody is left to SIGKILL this container after the grace period: do it here.
+
+    Armed once, by whichever thread finds the parent gone first (the watcher,
+    or the main thread reading EOF), as soon as it does: the running call may
+    swallow its interrupt, or sit deaf in C code, and the exit hooks get what
+    is left of ``exit_grace_period``, as when the parent stops the pool. The
+    shared memory of the pool's messages in flight is swept before leaving.
+    """
+    if _state.orphan_kill_armed:
+        return
+    _state.orphan_kill_armed = True
+
+    def leave() -> None:
+        _shm.sweep(options["parent_pid"])
+        _leave(1)
+
+    timer = threading.Timer(options["exit_grace_period"], leave)
+    timer.daemon = True
+    timer.start()
 
 
 def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> None:
@@ -779,6 +824,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         signal.signal(signum, _ignore_signal)
         signal.siginterrupt(signum, False)  # system calls restart: no EINTR for C code
     os.register_at_fork(after_in_child=_signals_after_fork)
+    _set_process_name(options["pool_name"], index)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
@@ -786,7 +832,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, INTERRUPT_SIGNAL, signal.SIGTERM})
     threading.Thread(
         target=_watch_parent,
-        args=(conn.fileno(), os.getppid()),
+        args=(conn.fileno(), os.getppid(), options),
         name="lifepool-watch",
         daemon=True,
     ).start()
@@ -805,10 +851,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
     except OSError:
         exit_exc = _raised(ParentExitedError("the parent process is gone (pipe closed)"))
     if isinstance(exit_exc, ParentExitedError):
-        # Nobody is left to SIGKILL us after the grace period: do it ourselves.
-        timer = threading.Timer(options["exit_grace_period"], _leave, (1,))
-        timer.daemon = True
-        timer.start()
+        _leave_when_orphaned(options)
     if worker._threads is not None:
         worker._threads.shutdown(wait=True)
     errors = worker.exit(exit_exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
@@ -247,9 +248,10 @@ def test_shutdown_cancel_futures_drops_queued_calls(hookdir):
     queued = [pool.double.spawn(i) for i in range(5)]
     wait_for_path(started)
     pool.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() for f in queued)  # at once, as concurrent.futures executors do
+    assert first.running()
     release.touch()
     assert first.result(timeout=60) == "released"  # running calls finish
-    assert all(f.cancelled() for f in queued)
     pool.shutdown()
 
 
@@ -350,3 +352,11 @@ def test_processes_user_code_left_to_the_interpreters_exit_do_not_outlive_the_co
         container = pool.pid.call()
     assert pids
     assert_gone([container, *pids])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/comm"), reason="process names are set through /proc (Linux)")
+def test_containers_carry_the_pool_name_and_their_index_as_process_name(hookdir):
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=1, name="embedder-service") as pool:
+        pid = pool.pid.call()
+        with open(f"/proc/{pid}/comm") as comm:
+            assert comm.read().strip() == "lp-embedder-s-0"  # (Linux keeps 15 bytes)

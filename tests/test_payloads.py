@@ -33,6 +33,30 @@ def test_big_arrays_and_bytes_round_trip_and_leave_no_segment(hookdir):
     assert leftovers() == []
 
 
+def test_a_big_argument_of_a_call_on_an_idle_container_leaves_no_segment(hookdir):
+    array = np.ones(1 << 18)
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1) as pool:
+        assert pool.echo.call(0) == 0  # (the container is up: the next calls borrow it)
+        for _ in range(3):
+            assert pool.echo.call(array).shape == array.shape
+            assert leftovers() == []
+
+
+def test_big_results_of_a_map_dropped_early_leave_no_segment(hookdir):
+    import itertools
+    import time
+
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=2) as pool:
+        for _ in range(2):
+            # islice drops the map with chunks still out: they finish, unread.
+            assert [len(b) for b in itertools.islice(pool.big.map([2] * 40), 3)] == [2 << 20] * 3
+        deadline = time.monotonic() + 30
+        while leftovers() and time.monotonic() < deadline:
+            time.sleep(0.02)  # (the dropped chunks are still finishing)
+        assert leftovers() == []
+        assert pool.echo.call(1) == 1
+
+
 def test_segments_are_private_to_the_user():
     message = lifepool._wire.dumps(np.zeros(1 << 18))
     try:

@@ -581,6 +581,72 @@ with lifepool.LifecyclePool(Recorder, containers=2) as pool:
         assert event["args"] == ["raised from it"], event
 
 
+@pytest.mark.parametrize(
+    "session",
+    [
+        # (an earlier cell's error, shown before the pool was made)
+        'cells.runsource("1/0")\npool = lifepool.LifecyclePool(Recorder, containers=2)',
+        # (a REPL: its errors, shown after the pool was made, end nothing)
+        'pool = lifepool.LifecyclePool(Recorder, containers=2)\nsys.ps1 = ">>> "\ncells.runsource("1/0")',
+        # (a SIGTERM that interrupted one cell of a REPL, which went on)
+        'pool = lifepool.LifecyclePool(Recorder, containers=2)\nsys.ps1 = ">>> "\n'
+        'cells.runsource("import os, signal; os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")',
+    ],
+    ids=["shown-before-the-pool", "shown-in-a-repl", "sigterm-in-a-repl-cell"],
+)
+def test_an_error_an_interactive_session_showed_and_went_on_from_does_not_end_the_program(run_script, session):
+    run = run_script(
+        RECORDING_EXIT
+        + """
+import code
+import __main__
+
+cells = code.InteractiveInterpreter(__main__.__dict__)
+"""
+        + session
+        + """
+assert cells.runsource("pool.fail.spawn()") is False
+print("the session ends normally, the pool left open")
+"""
+    )
+    assert run.returncode == 0, run
+    assert "the session ends normally" in run.stdout, run
+    for event in exit_events(run):
+        assert event["type"] is None, event
+
+
+def test_a_module_that_makes_a_pool_when_imported_fails_to_enter_instead_of_recursing(run_script, tmp_path):
+    # Each container imports the target's module to unpickle the target: a
+    # pool made there would start containers that make pools, without end.
+    (tmp_path / "models_with_pool.py").write_text(
+        textwrap.dedent(
+            """
+            import lifepool
+
+            class Model:
+                def ping(self):
+                    return "pong"
+
+            pool = lifepool.LifecyclePool(Model, containers=1)
+            """
+        )
+    )
+    run = run_script(
+        """
+from models_with_pool import pool
+
+try:
+    pool.ping.call()
+except lifepool.EnterError as error:
+    print(json.dumps({"cause": f"{type(error.__cause__).__name__}: {error.__cause__}"}))
+pool.shutdown()
+"""
+    )
+    assert run.returncode == 0, run
+    cause = run.json_output()["cause"]
+    assert cause.startswith("RuntimeError: a lifepool pool cannot be made while a container imports"), cause
+
+
 # ---------------------------------------------------------------------------
 # forks: of a program with a pool open, and of a container
 # ---------------------------------------------------------------------------
