@@ -69,8 +69,9 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from typing import Any
 
@@ -112,6 +113,7 @@ class ContainerState(enum.Enum):
 
 
 _SERVING = (ContainerState.READY, ContainerState.BUSY)
+_NOT_STARTABLE = (CANCELLED_AND_NOTIFIED, FINISHED)  # Future states set_running_or_notify_cancel refuses
 
 
 class _FutureCondition(_thread.RLock):
@@ -236,6 +238,33 @@ class Call(Future):
         self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
 
+    def _invoke_callbacks(self) -> None:
+        """Run on every completion (a result, an error, a cancel), by the thread that completes it.
+
+        The encoded arguments are let go: a finished call is never sent again,
+        and a caller keeping many finished Futures would keep them all. The
+        callbacks run as the stdlib runs them, but a BaseException one of them
+        raises (``sys.exit()``) on the dispatcher thread is logged like any
+        error: it would otherwise end the dispatcher, and with it the pool.
+        """
+        self.body = b""
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _futures_logger.exception("exception calling callback for %r", self)
+            except BaseException:
+                if not isinstance(threading.current_thread(), _DispatcherThread):
+                    raise
+                _futures_logger.exception("exception calling callback for %r (on lifepool's dispatcher thread)", self)
+
+
+class _DispatcherThread(threading.Thread):
+    """A pool's dispatcher thread (a class of its own: Call._invoke_callbacks tells it apart)."""
+
+
+_futures_logger = logging.getLogger("concurrent.futures")  # where the stdlib reports failing callbacks
+
 
 class ContainerRecord:
     """The parent's view of one container process (owned by the dispatcher thread)."""
@@ -340,7 +369,7 @@ class Dispatcher:
         self._spare: collections.deque[ContainerRecord] = collections.deque()
         self._ahead_in: set[ContainerRecord] = set()  # containers that were sent calls ahead (see _steal)
 
-        self.thread = threading.Thread(target=self._run, name=f"lifepool-dispatch-{pool_name}", daemon=True)
+        self.thread = _DispatcherThread(target=self._run, name=f"lifepool-dispatch-{pool_name}", daemon=True)
         self.thread.start()
 
     # ------------------------------------------------------------------
@@ -769,7 +798,8 @@ class Dispatcher:
                 return
             if call.sink is not None:
                 call.sink(("end", None))
-            call.set_result(value)
+            with contextlib.suppress(InvalidStateError):  # (completed meanwhile by the Future's holder)
+                call.set_result(value)
         else:
             self._fail(call, _wire.load_exception(bytes(body)), record)
 
@@ -779,7 +809,8 @@ class Dispatcher:
         if not call.done():
             if call.sink is not None:
                 call.sink(("error", exc))
-            call.set_exception(exc)
+            with contextlib.suppress(InvalidStateError):  # (completed meanwhile by the Future's holder)
+                call.set_exception(exc)
 
     def _offer(self, record: ContainerRecord) -> None:
         """Put *record* in the ``_free`` deque of every kind it has room for; READY or BUSY."""
@@ -1085,9 +1116,9 @@ class Dispatcher:
             self._in_hand.clear()
             return None
         # (a retried call is already RUNNING: a running future cannot be cancelled)
-        if call.attempts == 0 and not call.set_running_or_notify_cancel():
+        if call.attempts == 0 and not _start_running(call):
             self._in_hand.clear()
-            return None  # cancelled while queued
+            return None  # cancelled while queued (or completed by whoever holds the Future)
         call.attempts += 1
         call.revoking = False
         call.container = record
@@ -1136,8 +1167,10 @@ class Dispatcher:
             self.timeout,
             record.describe(),
         )
-        call.set_exception(
-            CallTimeoutError(f"{call.label} did not finish within timeout={self.timeout}s in {record.describe()}")
+        self._fail(
+            call,
+            CallTimeoutError(f"{call.label} did not finish within timeout={self.timeout}s in {record.describe()}"),
+            None,
         )
         self._interrupt(record, call)
         self._arm_kill(
@@ -1172,7 +1205,7 @@ class Dispatcher:
                 # died): it is dropped from the queue instead of running later.
                 with contextlib.suppress(ValueError):
                     self.pending[call.kind].remove(call)
-                    call.set_exception(KeyboardInterrupt("interrupted before it ran"))
+                    self._fail(call, KeyboardInterrupt("interrupted before it ran"), None)
         elif kind == "shutdown":
             _, cancel_futures, exit_blob, abort = command
             if exit_blob is not None and self._exit_blob is None:
@@ -1222,15 +1255,26 @@ class Dispatcher:
                 self._kill(record, reason)
 
     def _cancel_pending(self, *, drop: bool = True) -> None:
-        """Cancel the queued calls (those sent once are running: they stay); with *drop*, empty the queues.
+        """Cancel the queued calls; with *drop*, empty the queues.
 
+        A queued call that was sent once already (sent ahead and given back,
+        or queued again after its container died) is running, which a Future
+        cannot leave for cancelled: dropped, it fails with CancelledError.
         Also from a caller's thread, without *drop*: cancelling is safe from
-        any thread, and the dispatcher skips a cancelled call when it takes it.
+        any thread, and the dispatcher skips a cancelled call when it takes
+        it (the running ones are left to the dispatcher).
         """
-        calls = self._drain_pending() if drop else [call for pending in self.pending.values() for call in list(pending)]
+        if drop:
+            calls: Iterable[Call] = self._drain_pending()
+        else:
+            calls = [call for pending in self.pending.values() for call in list(pending)]
         for call in calls:
-            if not call.cancelled() and call.cancel() and call.sink is not None:
-                call.sink(("error", CancelledError()))
+            if _cancel_queued(call):
+                if call.sink is not None:
+                    call.sink(("error", CancelledError()))
+            elif drop and not call.done():
+                dropped = CancelledError(f"{call.label} was queued again, then dropped by the pool's stop")
+                self._fail(call, dropped, None)
 
     def _progress_shutdown(self) -> None:
         if self.state is not PoolState.CLOSING:
@@ -1267,6 +1311,31 @@ class Dispatcher:
                     record.process.join()
                 except (ProcessLookupError, AttributeError):
                     pass
+
+
+def _start_running(call: Call) -> bool:
+    """``set_running_or_notify_cancel``; False also for a Future its holder completed while it was queued.
+
+    A cancelled Future becomes "cancelled and notified" (``wait`` and
+    ``as_completed`` see it done) the first time; False again after that.
+    """
+    if call._state in _NOT_STARTABLE:  # (no "unexpected state" logged)
+        return False
+    try:
+        return call.set_running_or_notify_cancel()
+    except RuntimeError:  # (Future.set_result/set_exception by the user: allowed on any Future)
+        return False
+
+
+def _cancel_queued(call: Call) -> bool:
+    """Cancel a queued *call* and wake whoever waits for it now; False if it runs, or was done already."""
+    if call.cancelled():
+        _start_running(call)  # (cancelled by its holder: its waiters are woken now, not when it is taken)
+        return False
+    if call.done() or not call.cancel():
+        return False
+    _start_running(call)  # (a cancelled Future: marked notified, its waiters woken)
+    return True
 
 
 def _decode_answer(call: Call, record: ContainerRecord, ok: int, body: memoryview) -> tuple[bool, Any]:

@@ -31,6 +31,7 @@ import functools
 import inspect
 import itertools
 import queue
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -319,8 +320,9 @@ class _ChunkedMap:
                 partial.append(message[1])  # one segment of outcomes
 
         chunk = _wire.Chunk(self.what, inputs, star=not self.single)
-        future = self.pool._spawn(chunk, self.label, (), {}, None, sink)
-        self.limit_bytes(_wire.size(future.body), len(inputs))
+        future = self.pool._make_call(chunk, self.label, (), {}, None, sink)
+        self.limit_bytes(_wire.size(future.body), len(inputs))  # (before it is sent: a done call lets its body go)
+        self.pool._submit(future)
         if not self.order_outputs:
             future.add_done_callback(self.finished.put)
         self.in_flight.append((future, partial, len(inputs)))
@@ -340,6 +342,7 @@ class _ChunkedMap:
         """
         interrupted = False
         try:
+            _refuse_own_dispatcher(self.pool)
             while self.in_flight:
                 if self.order_outputs:
                     entry = self.in_flight[0]
@@ -449,6 +452,7 @@ def _results(
 ) -> Iterator[Any]:
     interrupted = False
     try:
+        _refuse_own_dispatcher(pool)
         while in_flight:
             if order_outputs:
                 future = in_flight[0]
@@ -465,6 +469,11 @@ def _results(
     finally:
         if in_flight:
             pool._abandon(list(in_flight), interrupt=interrupted)
+
+
+def _refuse_own_dispatcher(pool: LifecyclePool) -> None:
+    if threading.current_thread() is pool._dispatcher.thread:
+        raise pool._own_dispatcher("iterate a map's results")
 
 
 def _outcome(future: Future[Any], return_exceptions: bool) -> Any:

@@ -554,3 +554,20 @@ class LeavesAnExecutor:
 
     def pid(self):
         return os.getpid()
+
+
+class CrashThenSlowEnter:
+    """``work(0)`` crashes its container; the replacement waits in ``__enter__`` for the file ``enter``."""
+
+    def __init__(self, directory):
+        self.directory = pathlib.Path(directory)
+
+    def __enter__(self):
+        if (self.directory / "crashed").exists():
+            wait_for_path(self.directory / "enter")
+
+    def work(self, x):
+        if x == 0:
+            (self.directory / "crashed").touch()
+            os._exit(1)
+        return x

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import sys
 import threading
 import weakref
 
@@ -142,3 +143,87 @@ def test_the_condition_wakes_as_many_waiters_as_asked():
     with condition:
         assert condition.wait(timeout=0) is False
         assert not condition._waiters
+
+
+def test_calls_queued_again_after_a_crash_fail_when_the_stop_drops_them(hookdir):
+    # Calls sent ahead to a container that crashes are queued again, and are
+    # running already (a Future cannot be cancelled then): dropped by
+    # shutdown(cancel_futures=True), they must still end, not stay running.
+    from targets import CrashThenSlowEnter
+
+    pool = lifepool.LifecyclePool(CrashThenSlowEnter(hookdir), containers=1)
+    try:
+        futures = [pool.work.spawn(x) for x in range(40)]  # (more than 16 queued: some are sent ahead)
+        assert isinstance(futures[0].exception(timeout=60), lifepool.ContainerCrashedError)
+        pool.shutdown(wait=False, cancel_futures=True)
+    finally:
+        (hookdir / "enter").touch()  # (the replacement may enter, and the pool stop)
+    pool.shutdown()
+    _, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert not not_done
+    requeued = [f for f in futures[1:] if not f.cancelled()]
+    assert requeued, "no call was sent ahead"
+    for future in requeued:
+        assert isinstance(future.exception(), concurrent.futures.CancelledError)
+
+
+@pytest.fixture
+def blocked(hookdir):
+    """A pool of one container, and a Future of a call it runs until ``release()``."""
+    release, started = hookdir / "release", hookdir / "started"
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=1) as p:
+        future = p.block_until.spawn(str(release), str(started))
+        wait_for_path(started)
+        yield p, future, release.touch
+
+
+@pytest.mark.parametrize(
+    "wait_on_the_pool",
+    [
+        lambda p: p.echo.call(1),
+        lambda p: p.shutdown(),
+        lambda p: list(p.echo.map(range(3))),
+    ],
+    ids=["call", "shutdown", "map"],
+)
+def test_waiting_on_the_pool_in_its_own_done_callback_raises_instead_of_hanging(blocked, wait_on_the_pool):
+    p, future, release = blocked
+    raised = []
+
+    def callback(_):
+        try:
+            wait_on_the_pool(p)
+        except RuntimeError as error:
+            raised.append(error)
+
+    future.add_done_callback(callback)  # (not done yet: it runs on the dispatcher thread)
+    release()
+    assert future.result(timeout=60) == "released"
+    assert len(raised) == 1 and "done callback" in str(raised[0])
+    assert p.echo.spawn(2).result(timeout=60) == 2
+    assert p.echo.call(3) == 3
+
+
+def test_a_done_callback_raising_system_exit_leaves_the_pool_alive(blocked, caplog):
+    p, future, release = blocked
+    future.add_done_callback(lambda _: sys.exit("from a callback"))
+    release()
+    assert future.result(timeout=60) == "released"
+    assert p.echo.spawn(2).result(timeout=60) == 2
+    assert "exception calling callback" in caplog.text
+
+
+def test_a_queued_future_its_holder_completes_leaves_the_pool_alive(blocked):
+    p, future, release = blocked
+    queued = p.echo.spawn("never sent")
+    queued.set_result("set by its holder")  # (allowed on any Future)
+    release()
+    assert future.result(timeout=60) == "released"
+    assert queued.result(timeout=0) == "set by its holder"
+    assert p.echo.spawn(2).result(timeout=60) == 2
+
+
+def test_a_finished_future_lets_its_encoded_arguments_go(pool):
+    future = pool.echo.spawn(b"x" * 500_000)
+    assert len(future.result(timeout=60)) == 500_000
+    assert len(future.body) == 0
