@@ -82,6 +82,7 @@ from ._exceptions import (
     EnterError,
     LifepoolError,
     RemoteError,
+    add_note,
 )
 
 logger = logging.getLogger("lifepool")
@@ -775,7 +776,7 @@ class Dispatcher:
             record.exited = True
             for blob in pickle.loads(body):
                 error = _wire.load_exception(blob)
-                error.add_note(f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
+                add_note(error, f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
                 record.exit_errors.append(error)
 
     def _result(self, record: ContainerRecord, call_id: int, ok: int, body: memoryview) -> None:
@@ -805,7 +806,7 @@ class Dispatcher:
 
     def _fail(self, call: Call, exc: BaseException, record: ContainerRecord | None) -> None:
         if record is not None and not isinstance(exc, LifepoolError):
-            exc.add_note(f"lifepool: raised in {record.describe()} by {call.label}")
+            add_note(exc, f"lifepool: raised in {record.describe()} by {call.label}")
         if not call.done():
             if call.sink is not None:
                 call.sink(("error", exc))
@@ -1347,7 +1348,7 @@ def _decode_answer(call: Call, record: ContainerRecord, ok: int, body: memoryvie
             return False, _undecodable(call, error)
     error = _wire.load_exception(bytes(body))
     if not isinstance(error, LifepoolError):
-        error.add_note(f"lifepool: raised in {record.describe()} by {call.label}")
+        add_note(error, f"lifepool: raised in {record.describe()} by {call.label}")
     return False, error
 
 

@@ -148,3 +148,16 @@ class Terminated(KeyboardInterrupt):
 for _name in __all__:
     globals()[_name].__module__ = "lifepool"
 del _name
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, unless *exc* will not take one (its ``__notes__`` is not a list).
+
+    An exception class with a catch-all ``__getattr__``, or one whose
+    ``__notes__`` was set to a tuple, makes ``add_note`` raise TypeError; a
+    note lifepool adds must never turn the user's error into another one.
+    """
+    try:
+        exc.add_note(note)
+    except (TypeError, AttributeError):
+        pass

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import _wire
-from ._exceptions import LifepoolError
+from ._exceptions import LifepoolError, add_note
 from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
@@ -175,10 +175,46 @@ class _Stream:
 async def await_future(pool: LifecyclePool, future: Future[Any]) -> Any:
     """Await *future* without blocking the loop; cancelling the awaiting task cancels the call."""
     try:
-        return await asyncio.wrap_future(future)
+        return await _awaitable(future)
     except (asyncio.CancelledError, KeyboardInterrupt):
         pool._abandon([future], interrupt=True)
         raise
+
+
+def _awaitable(future: Future[Any]) -> asyncio.Future[Any]:
+    """``asyncio.wrap_future(future)`` that also carries a StopIteration.
+
+    asyncio refuses to put a StopIteration into its Futures (it would end the
+    awaiting coroutine quietly), and the awaiting task then waited forever.
+    It arrives as a RuntimeError caused by it, as when a coroutine raises
+    one (PEP 479). Cancelling the awaiting task is handled by the callers.
+    """
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def settle(done: Future[Any]) -> None:  # (on the loop's thread)
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.cancel()
+            return
+        error = done.exception()
+        if isinstance(error, StopIteration):
+            carried = RuntimeError(f"{type(error).__name__} raised by a call awaited with .aio")
+            carried.__cause__ = error
+            waiter.set_exception(carried)
+        elif error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def from_any_thread(done: Future[Any]) -> None:
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+                loop.call_soon_threadsafe(settle, done)
+
+    future.add_done_callback(from_any_thread)
+    return waiter
 
 
 def map_calls(
@@ -416,7 +452,7 @@ class _ChunkedMap:
     def error(self, call: Call, exc: BaseException) -> BaseException:
         if not isinstance(exc, LifepoolError):
             where = call.container.describe() if call.container is not None else "a container"
-            exc.add_note(f"lifepool: raised in {where} by {self.label}")
+            add_note(exc, f"lifepool: raised in {where} by {self.label}")
         return exc
 
 
@@ -520,7 +556,7 @@ async def _amap(
             exhausted = True
             return
         future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
-        in_flight.append((future, asyncio.wrap_future(future)))
+        in_flight.append((future, _awaitable(future)))
 
     interrupted = False
     try:

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _hooks, _launch, _signals, _wire, _worker
 from ._dispatch import Call, Dispatcher, PoolState
-from ._exceptions import ExitHookError
+from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod, map_calls
 
 logger = logging.getLogger("lifepool")
@@ -246,7 +246,7 @@ class LifecyclePool(concurrent.futures.Executor):
         aborting = isinstance(exc, KeyboardInterrupt)
         self._stop(_stopping(cancel_futures=True, exit_exc=exc, abort=aborting), aborting=aborting)
         for error in self._take_exit_errors():
-            exc.add_note(f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
+            add_note(exc, f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
             logger.error("lifepool pool %r: exit hook failed", self.name, exc_info=error)
 
     # -- internals --------------------------------------------------------
@@ -308,7 +308,7 @@ class LifecyclePool(concurrent.futures.Executor):
         try:
             body = _wire.dumps((what, args, kwargs))
         except Exception as error:
-            error.add_note(f"lifepool: the arguments of {label} could not be pickled")
+            add_note(error, f"lifepool: the arguments of {label} could not be pickled")
             raise
         chunk = isinstance(what, _wire.Chunk)
         call = Call(next(_call_ids), body, label, kind, sink, stream=sink is not None and not chunk, chunk=chunk)

@@ -303,7 +303,7 @@ def _rebuilt_from_args(exc: BaseException) -> bool:
     ``SystemExit.code`` and ``StopIteration.value`` as None.
     """
     cls = type(exc)
-    return not cls.__flags__ & _HEAP_TYPE and not isinstance(exc, (OSError, BaseExceptionGroup))
+    return not cls.__flags__ & _HEAP_TYPE and not isinstance(exc, OSError)
 
 
 def _reduce_builtin_exception(exc: BaseException, rebuild):

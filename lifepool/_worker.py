@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 
 from . import _hooks, _shm, _wire
-from ._exceptions import ParentExitedError
+from ._exceptions import ParentExitedError, add_note
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -162,9 +162,10 @@ class _LoopThread:
         self.loop.run_forever()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        """Run *coro* on the loop; read the outcome with :func:`_loop_outcome` (see _Escaped)."""
         import asyncio
 
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return asyncio.run_coroutine_threadsafe(_carrying(coro), self.loop)
 
     def run(self, coro: Any) -> Any:
         """Run *coro* on the loop and wait; an interrupt cancels the task and waits it out."""
@@ -176,7 +177,44 @@ class _LoopThread:
             future.cancel()
             done.wait()  # let the task's finally blocks run; the grace period bounds this
             raise
+        return _loop_outcome(future)
+
+
+class _Escaped(Exception):
+    """A KeyboardInterrupt, SystemExit or CancelledError that user code raised on the loop, carried off it.
+
+    asyncio lets the first two end ``run_forever`` itself rather than the
+    task: the container's loop would stop for good, with the call never
+    answered. A CancelledError would read as the task cancelled, that is as
+    the parent's interrupt.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+async def _carrying(coro: Any) -> Any:
+    import asyncio
+
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as error:
+        raise _Escaped(error) from None
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # (cancelled: the parent's interrupt)
+        raise _Escaped(error) from None  # raised by the user's code: an error like any other
+
+
+def _loop_outcome(future: concurrent.futures.Future[Any]) -> Any:
+    """The result of a coroutine run by _LoopThread.submit; what it raised is raised as itself."""
+    try:
         return future.result()
+    except _Escaped as escaped:
+        error = escaped.error
+    raise error
 
 
 async def _signal_when_done(coro: Any, done: threading.Event) -> Any:
@@ -404,9 +442,10 @@ class _Worker:
             try:
                 return _wire.frame(_wire.RESULT, call_id, 1, _wire.dumps(value))
             except BaseException as error:  # noqa: BLE001 - fails this call only
-                error.add_note(
+                add_note(
+                    error,
                     f"lifepool: the result ({type(value).__qualname__}) could not be pickled "
-                    "to send it back to the caller"
+                    "to send it back to the caller",
                 )
                 value = error
         return _wire.frame(_wire.RESULT, call_id, 0, _wire.exception_blob(_trimmed(value)))
@@ -452,7 +491,8 @@ class _Worker:
         if future.cancelled():
             ok, value = False, KeyboardInterrupt("interrupted by the lifepool parent (task cancelled)")
         elif future.exception() is not None:
-            ok, value = False, future.exception()
+            error = future.exception()
+            ok, value = False, error.error if isinstance(error, _Escaped) else error
         else:
             ok, value = True, future.result()
         self.send_result(call_id, ok, value)
@@ -483,10 +523,10 @@ class _Worker:
                 loop = self.loop
 
                 def next_item() -> Any:
-                    return loop.submit(agen.__anext__()).result()
+                    return _loop_outcome(loop.submit(agen.__anext__()))
 
                 def close() -> None:
-                    loop.submit(agen.aclose()).result()
+                    _loop_outcome(loop.submit(agen.aclose()))
 
                 end: type[BaseException] = StopAsyncIteration
             else:
@@ -535,7 +575,13 @@ class _Worker:
                 before = len(values)
                 try:
                     values.extend(apply(func, inputs[at:end]))
-                    at = end
+                    ran = len(values) - before
+                    if ran == end - at:
+                        at = end
+                    else:  # an input raised StopIteration, which ends the built-in map quietly
+                        at += ran + 1
+                        errors[len(values)] = _wire.exception_blob(_lost_stop_iteration())
+                        values.append(None)
                 except KeyboardInterrupt:
                     raise
                 except BaseException as error:  # noqa: BLE001 - this input's own error
@@ -707,7 +753,7 @@ class _Batcher:
         try:
             outputs = self.func(**columns)
             if inspect.iscoroutine(outputs):
-                outputs = self.worker.loop.submit(outputs).result()
+                outputs = _loop_outcome(self.worker.loop.submit(outputs))
             outputs = list(outputs)
             if len(outputs) != len(ids):
                 raise ValueError(
@@ -722,6 +768,17 @@ class _Batcher:
             self.worker.send_result(call_id, True, output)
 
 
+def _lost_stop_iteration() -> StopIteration:
+    """What a map input that raised StopIteration gets: the built-in map swallowed the original."""
+    stop = StopIteration()
+    add_note(
+        stop,
+        "lifepool: raised by this input of a map; map stops quietly at a StopIteration, "
+        "so its value and traceback were lost (.call gives them)",
+    )
+    return stop
+
+
 def _segment(values: list[Any], errors: dict[int, bytes]) -> tuple[bytes, dict[int, bytes]]:
     """Encode a chunk segment; a value that cannot be pickled becomes that input's error."""
     try:
@@ -733,7 +790,7 @@ def _segment(values: list[Any], errors: dict[int, bytes]) -> tuple[bytes, dict[i
             try:
                 _wire.dumps(value)
             except BaseException as error:  # noqa: BLE001
-                error.add_note(f"lifepool: the result ({type(value).__qualname__}) could not be pickled")
+                add_note(error, f"lifepool: the result ({type(value).__qualname__}) could not be pickled")
                 errors[position] = _wire.exception_blob(error)
                 values[position] = None
         return _wire.dumps(values), errors

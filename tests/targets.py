@@ -127,6 +127,14 @@ class Recorder:
     def unpicklable_error(self):
         raise UnpicklableError(threading.Lock())
 
+    def stop_at(self, x, stops):
+        if x in stops:
+            raise StopIteration  # (a stray next() on an empty iterator, say)
+        return x
+
+    def attribute_bag_error(self):
+        raise AttributeBagError("status 500")
+
     def error_with_unpicklable_cause(self):
         try:
             raise UnpicklableError(threading.Lock())
@@ -163,6 +171,13 @@ class UnpicklableError(Exception):
     def __init__(self, lock):
         super().__init__("holds a lock")
         self.lock = lock
+
+
+class AttributeBagError(Exception):
+    """An error answering every attribute (``__notes__`` included: not a list, so add_note raises)."""
+
+    def __getattr__(self, name):
+        return None
 
 
 class CustomInitError(Exception):
@@ -571,3 +586,19 @@ class CrashThenSlowEnter:
             (self.directory / "crashed").touch()
             os._exit(1)
         return x
+
+
+class AsyncRaiser:
+    """An async method raising what asyncio treats specially; a sync one raising StopIteration."""
+
+    async def raise_(self, kind):
+        if kind == "exit":
+            sys.exit(3)
+        if kind == "keyboard":
+            raise KeyboardInterrupt("raised by the method")
+        if kind == "cancelled":
+            raise asyncio.CancelledError("raised by the method")
+        return kind
+
+    def stop(self):
+        raise StopIteration("done early")

@@ -7,7 +7,17 @@ import itertools
 
 import pytest
 from conftest import markers
-from targets import AsyncProcessor, Batching, Concurrent, DecoratedConcurrent, Fragile, Recorder, Streams, wait_for_path
+from targets import (
+    AsyncProcessor,
+    AsyncRaiser,
+    Batching,
+    Concurrent,
+    DecoratedConcurrent,
+    Fragile,
+    Recorder,
+    Streams,
+    wait_for_path,
+)
 
 import lifepool
 from lifepool._worker import STREAM_WINDOW
@@ -243,3 +253,31 @@ def test_a_timed_out_async_call_is_cancelled_in_its_container(hookdir):
             p.hang.call()
         assert p.events.call()[:1] == ["__aenter__"]  # the same container serves on
     assert markers(hookdir, "cancelled")
+
+
+@pytest.mark.parametrize("max_inputs", [1, 2])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("exit", SystemExit), ("keyboard", KeyboardInterrupt), ("cancelled", asyncio.CancelledError)],
+)
+def test_an_async_method_raising_what_asyncio_treats_apart_fails_that_call_only(max_inputs, kind, expected):
+    # asyncio lets SystemExit and KeyboardInterrupt end the event loop itself,
+    # and a CancelledError reads as a cancelled task: the container's loop
+    # stopped for good, or the caller got a made-up interrupt.
+    with lifepool.LifecyclePool(AsyncRaiser, containers=1, max_inputs=max_inputs, exit_grace_period=10) as p:
+        error = p.raise_.spawn(kind).exception(timeout=60)
+        assert type(error) is expected
+        assert "raised by the method" in str(error) or kind == "exit"
+        assert p.raise_.spawn("ok").result(timeout=60) == "ok"
+        assert p.raise_.call("still") == "still"
+
+
+def test_a_stop_iteration_awaited_with_aio_arrives_instead_of_hanging():
+    async def main():
+        with lifepool.LifecyclePool(AsyncRaiser, containers=1) as p:
+            with pytest.raises(RuntimeError) as info:
+                await p.stop.call.aio()
+            assert isinstance(info.value.__cause__, StopIteration)
+            return await p.raise_.call.aio("after")
+
+    assert run(main()) == "after"

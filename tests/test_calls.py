@@ -223,6 +223,27 @@ def test_an_unpicklable_link_in_the_middle_of_a_chain_keeps_the_links_around_it(
     assert pool.echo.call("still serving") == "still serving"
 
 
+def test_a_map_input_raising_stop_iteration_gets_it_and_the_others_keep_their_results(pool):
+    # The built-in map that runs a chunk stops quietly at a StopIteration.
+    outcomes = list(pool.stop_at.map(range(1000), itertools.repeat((2, 700)), return_exceptions=True))
+    assert [i for i, v in enumerate(outcomes) if v != i] == [2, 700]
+    assert isinstance(outcomes[2], StopIteration) and isinstance(outcomes[700], StopIteration)
+    with pytest.raises(StopIteration):
+        pool.stop_at.call(2, (2,))
+
+
+def test_an_error_that_takes_no_notes_still_arrives_as_itself(pool):
+    caught = None
+    try:  # (not pytest.raises: pytest itself trips over such an error's __notes__)
+        pool.attribute_bag_error.call()
+    except Exception as error:
+        caught = error
+    assert type(caught).__name__ == "AttributeBagError" and str(caught) == "status 500"
+    [outcome] = pool.attribute_bag_error.starmap([()], return_exceptions=True)
+    assert type(outcome).__name__ == "AttributeBagError"
+    assert pool.echo.call("still serving") == "still serving"
+
+
 def test_error_whose_reduce_raises_becomes_remote_error(pool):
     with pytest.raises(lifepool.RemoteError) as info:
         pool.exploding_reduce_error.call()

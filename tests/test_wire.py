@@ -158,3 +158,11 @@ def test_a_user_exception_with_its_own_constructor_still_crosses_as_itself():
     back = _round_trip(_raised(lambda: (_ for _ in ()).throw(Odd(1, 2))))
     assert type(back).__name__ == "Odd" and str(back) == "1-2"
     assert (back.left, back.right) == (1, 2)
+
+
+def test_a_base_exception_group_crosses_as_itself():
+    group = _raised(lambda: exec("raise BaseExceptionGroup('stopped', [ValueError('bad'), SystemExit(2)])"))
+    back = _round_trip(group)
+    assert type(back) is BaseExceptionGroup and back.message == "stopped"
+    assert [type(e) for e in back.exceptions] == [ValueError, SystemExit]
+    assert back.exceptions[1].code == 2
