@@ -799,8 +799,10 @@ class Dispatcher:
                 return
             if call.sink is not None:
                 call.sink(("end", None))
-            with contextlib.suppress(InvalidStateError):  # (completed meanwhile by the Future's holder)
+            try:
                 call.set_result(value)
+            except InvalidStateError:
+                pass  # (completed meanwhile by whoever holds the Future)
         else:
             self._fail(call, _wire.load_exception(bytes(body)), record)
 
@@ -810,8 +812,10 @@ class Dispatcher:
         if not call.done():
             if call.sink is not None:
                 call.sink(("error", exc))
-            with contextlib.suppress(InvalidStateError):  # (completed meanwhile by the Future's holder)
+            try:
                 call.set_exception(exc)
+            except InvalidStateError:
+                pass  # (completed meanwhile by whoever holds the Future)
 
     def _offer(self, record: ContainerRecord) -> None:
         """Put *record* in the ``_free`` deque of every kind it has room for; READY or BUSY."""

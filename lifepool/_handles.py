@@ -38,6 +38,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import _wire
+from ._dispatch import _undecodable
 from ._exceptions import LifepoolError, add_note
 from ._worker import STREAM_WINDOW
 
@@ -433,9 +434,16 @@ class _ChunkedMap:
             self.size = max(1, min(self.MAX_CHUNK, self.byte_limit, by_time))
         values: list[Any] = []
         failed: set[int] = set()
-        for values_blob, errors in segments:
+        for index, (values_blob, errors) in enumerate(segments):
             offset = len(values)
-            values.extend(_wire.loads(values_blob))
+            try:
+                values.extend(_wire.loads(values_blob))
+            except Exception as decoding:  # noqa: BLE001 - those inputs fail, the map goes on
+                # How many values it held went with it: the rest of the chunk gets the error.
+                error = _undecodable(future, decoding)
+                for blob, _ in segments[index + 1 :]:
+                    _wire.discard(blob)
+                break
             for position, blob in errors.items():
                 values[offset + position] = self.error(future, _wire.load_exception(blob))
                 failed.add(offset + position)

@@ -135,6 +135,9 @@ class Recorder:
     def attribute_bag_error(self):
         raise AttributeBagError("status 500")
 
+    def unrebuildable_at(self, x, at):
+        return Unrebuildable() if x == at else x
+
     def error_with_unpicklable_cause(self):
         try:
             raise UnpicklableError(threading.Lock())
@@ -171,6 +174,17 @@ class UnpicklableError(Exception):
     def __init__(self, lock):
         super().__init__("holds a lock")
         self.lock = lock
+
+
+def _refuse_to_rebuild():
+    raise RuntimeError("cannot be rebuilt here")
+
+
+class Unrebuildable:
+    """A value that pickles, and fails to unpickle."""
+
+    def __reduce__(self):
+        return (_refuse_to_rebuild, ())
 
 
 class AttributeBagError(Exception):

@@ -244,6 +244,17 @@ def test_an_error_that_takes_no_notes_still_arrives_as_itself(pool):
     assert pool.echo.call("still serving") == "still serving"
 
 
+def test_a_map_result_that_cannot_be_unpickled_fails_its_inputs_not_the_map(pool):
+    outcomes = list(pool.unrebuildable_at.map(range(200), itertools.repeat(150), return_exceptions=True))
+    assert isinstance(outcomes[150], lifepool.RemoteError)
+    assert "could not be unpickled" in str(outcomes[150])
+    kept = [i for i, v in enumerate(outcomes) if not isinstance(v, lifepool.RemoteError)]
+    assert kept and all(outcomes[i] == i for i in kept)
+    assert 0 in kept  # (the first chunk holds one input)
+    with pytest.raises(lifepool.RemoteError):
+        list(pool.unrebuildable_at.map(range(10), itertools.repeat(5)))
+
+
 def test_error_whose_reduce_raises_becomes_remote_error(pool):
     with pytest.raises(lifepool.RemoteError) as info:
         pool.exploding_reduce_error.call()
