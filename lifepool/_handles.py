@@ -244,19 +244,26 @@ def map_calls(
     in_flight: collections.deque[Future[Any]] = collections.deque()
     finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
 
+    input_error: list[Exception] = []  # raised by the inputs' iterator: raised after what came before
+
     def submit_next() -> bool:
-        for args in inputs:
-            future = pool._spawn(what, label, (args,) if single else tuple(args), {}, kind)
-            if not order_outputs:
-                future.add_done_callback(finished.put)
-            in_flight.append(future)
-            return True
-        return False
+        try:
+            args = next(inputs)
+        except StopIteration:
+            return False
+        except Exception as error:  # noqa: BLE001
+            input_error.append(error)
+            return False
+        future = pool._spawn(what, label, (args,) if single else tuple(args), {}, kind)
+        if not order_outputs:
+            future.add_done_callback(finished.put)
+        in_flight.append(future)
+        return True
 
     with _abandoning_on_error(pool, in_flight):
         while len(in_flight) < window and submit_next():
             pass
-    return _results(pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline)
+    return _results(pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline, input_error)
 
 
 @contextlib.contextmanager
@@ -320,6 +327,7 @@ class _ChunkedMap:
         self.sequence: Sequence[Any] | None = inputs if single and type(inputs) in self.SLICED else None  # type: ignore[assignment]
         self.inputs: Iterator[Any] | None = None if self.sequence is not None else iter(inputs)
         self.position = 0  # of the next input in self.sequence
+        self.input_error: Exception | None = None  # raised by the inputs' iterator: raised after what came before
         self.current: list[Any] = []  # the values being handed out
         self.single = single  # inputs are single arguments, not argument tuples
         self.order_outputs = order_outputs
@@ -340,7 +348,13 @@ class _ChunkedMap:
     def take(self) -> Sequence[Any]:
         """The next chunk's inputs, up to ``self.size`` of them (argument tuples are unpacked in the container)."""
         if self.sequence is None:
-            return list(itertools.islice(self.inputs, self.size))  # type: ignore[arg-type]
+            inputs: list[Any] = []
+            try:
+                inputs.extend(itertools.islice(self.inputs, self.size))  # type: ignore[arg-type]
+            except Exception as error:  # noqa: BLE001 - raised after the results of the inputs before it
+                self.input_error = error
+                self.inputs = iter(())
+            return inputs  # (extend keeps what came before the error)
         start = self.position
         inputs = self.sequence[start : start + self.size]
         self.position = start + len(inputs)
@@ -398,6 +412,8 @@ class _ChunkedMap:
                 self.current = values[:first]
                 yield self.current
                 raise values[first]
+            if self.input_error is not None:
+                raise self.input_error
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -493,6 +509,7 @@ def _results(
     order_outputs: bool,
     return_exceptions: bool,
     deadline: float | None,
+    input_error: list[Exception],
 ) -> Iterator[Any]:
     interrupted = False
     try:
@@ -507,6 +524,8 @@ def _results(
                 in_flight.remove(future)
             submit_next()
             yield _outcome(future, return_exceptions)
+        if input_error:
+            raise input_error[0]
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -48,6 +48,21 @@ def test_method_reaches_names_the_pool_uses(pool):
     assert pool.method("echo") is pool.echo  # handles are cached
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "one-call-per-input"])
+def test_map_over_inputs_that_raise_gives_the_results_before_the_error_then_raises_it(hookdir, chunked):
+    def inputs():
+        yield from range(10)
+        raise OSError("the input file went away")
+
+    options = {} if chunked else {"timeout": 60}  # (a timeout turns chunking off)
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=2, **options) as p:
+        results = []
+        with pytest.raises(OSError, match="went away"):
+            for value in p.echo.map(inputs()):
+                results.append(value)
+        assert results == list(range(10))  # as the built-in map gives them
+
+
 def test_map_keeps_order_and_spreads_over_containers(pool):
     assert list(pool.double.map(range(50))) == [2 * i for i in range(50)]
     assert list(pool.add.map(range(5), range(5))) == [0, 2, 4, 6, 8]
