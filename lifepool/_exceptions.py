@@ -161,3 +161,8 @@ def add_note(exc: BaseException, note: str) -> None:
         exc.add_note(note)
     except (TypeError, AttributeError):
         pass
+
+
+def names_its_container(error: BaseException) -> bool:
+    """Whether *error* says which container it came from (lifepool's own errors do; a RemoteError does not)."""
+    return isinstance(error, LifepoolError) and not isinstance(error, RemoteError)

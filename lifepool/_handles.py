@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _wire
 from ._dispatch import _undecodable
-from ._exceptions import LifepoolError, add_note
+from ._exceptions import add_note, names_its_container
 from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
@@ -474,7 +474,7 @@ class _ChunkedMap:
         self.size = min(self.size, self.byte_limit)
 
     def error(self, call: Call, exc: BaseException) -> BaseException:
-        if not isinstance(exc, LifepoolError):
+        if not names_its_container(exc):
             where = call.container.describe() if call.container is not None else "a container"
             add_note(exc, f"lifepool: raised in {where} by {self.label}")
         return exc

@@ -300,10 +300,11 @@ def _rebuilt_from_args(exc: BaseException) -> bool:
     classes with odd constructors; but every built-in class has its own
     ``__init__``, and several set fields there from ``args``: a SyntaxError
     came back as "None" with no file or line, a UnicodeDecodeError as "",
-    ``SystemExit.code`` and ``StopIteration.value`` as None.
+    ``SystemExit.code`` and ``StopIteration.value`` as None (and its OSError
+    branch dropped ``BlockingIOError.characters_written``). Plain pickle's
+    way, the class called with ``args``, keeps them.
     """
-    cls = type(exc)
-    return not cls.__flags__ & _HEAP_TYPE and not isinstance(exc, OSError)
+    return not type(exc).__flags__ & _HEAP_TYPE
 
 
 def _reduce_builtin_exception(exc: BaseException, rebuild):

@@ -804,10 +804,15 @@ def _raised(exc: BaseException) -> BaseException:
         return error
 
 
+# Modules whose frames above the user's code in a container's traceback are
+# only the way there: lifepool's, and those an async call goes through.
+_PLUMBING = ("lifepool.", "concurrent.futures.", "asyncio.")
+
+
 def _trimmed(exc: BaseException) -> BaseException:
-    """Drop lifepool's own frames from the top of *exc*'s traceback."""
+    """Drop the plumbing's frames from the top of *exc*'s traceback (see _PLUMBING)."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("lifepool."):
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(_PLUMBING):
         if tb.tb_next is None:
             break
         tb = tb.tb_next

@@ -616,3 +616,6 @@ class AsyncRaiser:
 
     def stop(self):
         raise StopIteration("done early")
+
+    async def fail(self):
+        raise ValueError("raised in an async method")

@@ -281,3 +281,15 @@ def test_a_stop_iteration_awaited_with_aio_arrives_instead_of_hanging():
             return await p.raise_.call.aio("after")
 
     assert run(main()) == "after"
+
+
+@pytest.mark.parametrize("max_inputs", [1, 2])
+def test_an_async_methods_error_shows_the_users_frames_not_the_event_loops(max_inputs):
+    import traceback
+
+    with lifepool.LifecyclePool(AsyncRaiser, containers=1, max_inputs=max_inputs) as p:
+        with pytest.raises(ValueError, match="raised in an async method") as info:
+            p.fail.call()
+    frames = [frame.filename for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert frames[-1].endswith("targets.py")
+    assert not [f for f in frames if "concurrent" in f or "asyncio" in f], frames

@@ -213,6 +213,7 @@ def test_unpicklable_error_becomes_remote_error(pool):
         pool.unpicklable_error.call()
     assert info.value.type_name.endswith("UnpicklableError")
     assert "raise UnpicklableError" in info.value.remote_traceback
+    assert any("Recorder.unpicklable_error" in note for note in info.value.__notes__)  # (which container)
     assert pool.echo.call("still serving") == "still serving"
 
 

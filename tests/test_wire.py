@@ -166,3 +166,12 @@ def test_a_base_exception_group_crosses_as_itself():
     assert type(back) is BaseExceptionGroup and back.message == "stopped"
     assert [type(e) for e in back.exceptions] == [ValueError, SystemExit]
     assert back.exceptions[1].code == 2
+
+
+def test_os_errors_keep_what_their_constructor_sets():
+    error = BlockingIOError(11, "again", 5)
+    back = _round_trip(error)
+    assert type(back) is BlockingIOError and back.characters_written == 5
+    missing = _round_trip(_raised(lambda: os.rename("/nonexistent/a", "/nonexistent/b")))
+    assert type(missing) is FileNotFoundError
+    assert (missing.filename, missing.filename2) == ("/nonexistent/a", "/nonexistent/b")
