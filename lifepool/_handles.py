@@ -572,6 +572,7 @@ async def _amap(
     window = pool._window(method._kind)
     in_flight: collections.deque[tuple[Future[Any], asyncio.Future[Any]]] = collections.deque()
     exhausted = False
+    input_error: list[Exception] = []  # raised by the inputs' iterator: raised after what came before
 
     async def submit_next() -> None:
         nonlocal exhausted
@@ -580,6 +581,10 @@ async def _amap(
         try:
             args = await anext(source)
         except StopAsyncIteration:
+            exhausted = True
+            return
+        except Exception as error:  # noqa: BLE001
+            input_error.append(error)
             exhausted = True
             return
         future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
@@ -599,6 +604,8 @@ async def _amap(
             in_flight.remove(entry)
             await submit_next()
             yield _outcome(entry[0], return_exceptions)
+        if input_error:
+            raise input_error[0]
     except (asyncio.CancelledError, KeyboardInterrupt):
         interrupted = True
         raise

@@ -293,3 +293,20 @@ def test_an_async_methods_error_shows_the_users_frames_not_the_event_loops(max_i
     frames = [frame.filename for frame in traceback.extract_tb(info.value.__traceback__)]
     assert frames[-1].endswith("targets.py")
     assert not [f for f in frames if "concurrent" in f or "asyncio" in f], frames
+
+
+def test_map_aio_over_inputs_that_raise_gives_the_results_before_the_error_then_raises_it(hookdir):
+    async def inputs():
+        for i in range(10):
+            yield i
+        raise OSError("the input stream went away")
+
+    async def main():
+        results = []
+        with lifepool.LifecyclePool(Recorder(hookdir), containers=2) as p:
+            with pytest.raises(OSError, match="went away"):
+                async for value in p.echo.map.aio(inputs()):
+                    results.append(value)
+        return results
+
+    assert run(main()) == list(range(10))
