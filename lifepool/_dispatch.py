@@ -83,7 +83,7 @@ from ._exceptions import (
     LifepoolError,
     RemoteError,
     add_note,
-    names_its_container,
+    note_origin,
 )
 
 logger = logging.getLogger("lifepool")
@@ -808,8 +808,8 @@ class Dispatcher:
             self._fail(call, _wire.load_exception(bytes(body)), record)
 
     def _fail(self, call: Call, exc: BaseException, record: ContainerRecord | None) -> None:
-        if record is not None and not names_its_container(exc):
-            add_note(exc, f"lifepool: raised in {record.describe()} by {call.label}")
+        if record is not None:
+            note_origin(exc, record.describe(), call.label)
         if not call.done():
             if call.sink is not None:
                 call.sink(("error", exc))
@@ -1352,8 +1352,7 @@ def _decode_answer(call: Call, record: ContainerRecord, ok: int, body: memoryvie
         except BaseException as error:  # noqa: BLE001
             return False, _undecodable(call, error)
     error = _wire.load_exception(bytes(body))
-    if not names_its_container(error):
-        add_note(error, f"lifepool: raised in {record.describe()} by {call.label}")
+    note_origin(error, record.describe(), call.label)
     return False, error
 
 

@@ -163,6 +163,11 @@ def add_note(exc: BaseException, note: str) -> None:
         pass
 
 
-def names_its_container(error: BaseException) -> bool:
-    """Whether *error* says which container it came from (lifepool's own errors do; a RemoteError does not)."""
-    return isinstance(error, LifepoolError) and not isinstance(error, RemoteError)
+def note_origin(error: BaseException, where: str, label: str) -> None:
+    """Note on *error* the container (*where*) and method (*label*) it came from, unless it says so itself.
+
+    lifepool's own errors name their container in their message; a
+    RemoteError, standing in for the user's error, does not.
+    """
+    if not isinstance(error, LifepoolError) or isinstance(error, RemoteError):
+        add_note(error, f"lifepool: raised in {where} by {label}")

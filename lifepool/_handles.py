@@ -31,7 +31,6 @@ import functools
 import inspect
 import itertools
 import queue
-import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _wire
 from ._dispatch import _undecodable
-from ._exceptions import add_note, names_its_container
+from ._exceptions import note_origin
 from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
@@ -393,7 +392,7 @@ class _ChunkedMap:
         """
         interrupted = False
         try:
-            _refuse_own_dispatcher(self.pool)
+            self.pool._refuse_on_own_dispatcher("iterate a map's results")
             while self.in_flight:
                 if self.order_outputs:
                     entry = self.in_flight[0]
@@ -474,9 +473,7 @@ class _ChunkedMap:
         self.size = min(self.size, self.byte_limit)
 
     def error(self, call: Call, exc: BaseException) -> BaseException:
-        if not names_its_container(exc):
-            where = call.container.describe() if call.container is not None else "a container"
-            add_note(exc, f"lifepool: raised in {where} by {self.label}")
+        note_origin(exc, call.container.describe() if call.container is not None else "a container", self.label)
         return exc
 
 
@@ -513,7 +510,7 @@ def _results(
 ) -> Iterator[Any]:
     interrupted = False
     try:
-        _refuse_own_dispatcher(pool)
+        pool._refuse_on_own_dispatcher("iterate a map's results")
         while in_flight:
             if order_outputs:
                 future = in_flight[0]
@@ -532,11 +529,6 @@ def _results(
     finally:
         if in_flight:
             pool._abandon(list(in_flight), interrupt=interrupted)
-
-
-def _refuse_own_dispatcher(pool: LifecyclePool) -> None:
-    if threading.current_thread() is pool._dispatcher.thread:
-        raise pool._own_dispatcher("iterate a map's results")
 
 
 def _outcome(future: Future[Any], return_exceptions: bool) -> Any:

@@ -270,9 +270,8 @@ class LifecyclePool(concurrent.futures.Executor):
         else it is queued and waited for. A KeyboardInterrupt cancels the call
         (interrupts it if it runs) and leaves the pool alive.
         """
+        self._refuse_on_own_dispatcher("make a blocking call")
         dispatcher = self._dispatcher
-        if threading.current_thread() is dispatcher.thread:
-            raise self._own_dispatcher("make a blocking call")
         call = self._make_call(what, label, args, kwargs, None, None)
         try:
             record = dispatcher.borrow(call)
@@ -348,20 +347,20 @@ class LifecyclePool(concurrent.futures.Executor):
 
     def _stop(self, request: Callable[[Dispatcher], None], *, aborting: bool) -> KeyboardInterrupt | None:
         """Stop the pool with *request* and wait for its containers to be gone (see _stop_pools)."""
-        if threading.current_thread() is self._dispatcher.thread:
-            raise self._own_dispatcher("wait for the pool to stop (use shutdown(wait=False))")
+        self._refuse_on_own_dispatcher("wait for the pool to stop (use shutdown(wait=False))")
         interrupt = _stop_pools([self._dispatcher], request, aborting=aborting)
         if not _live:
             _signals.restore()  # (elsewhere than in the main thread, the handler itself sees to it)
         return interrupt
 
-    def _own_dispatcher(self, doing: str) -> RuntimeError:
-        """The error for waiting on the pool from its own dispatcher thread (a done callback), which would hang."""
-        return RuntimeError(
-            f"cannot {doing} in a done callback of pool {self.name!r}: the pool completes its Futures, "
-            "and runs their callbacks, on its own dispatcher thread, which would then wait for itself; "
-            "spawn() and add_done_callback() work there"
-        )
+    def _refuse_on_own_dispatcher(self, doing: str) -> None:
+        """Raise RuntimeError on the pool's own dispatcher thread (a done callback), where waiting on the pool hangs."""
+        if threading.current_thread() is self._dispatcher.thread:
+            raise RuntimeError(
+                f"cannot {doing} in a done callback of pool {self.name!r}: the pool completes its Futures, "
+                "and runs their callbacks, on its own dispatcher thread, which would then wait for itself; "
+                "spawn() and add_done_callback() work there"
+            )
 
     def _take_exit_errors(self) -> list[BaseException]:
         if self._exit_errors_reported:
