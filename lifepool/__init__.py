@@ -26,6 +26,8 @@ TYPE_CHECKING = False  # (not typing.TYPE_CHECKING: a container need not import 
 if TYPE_CHECKING:
     from ._handles import RemoteMethod
     from ._pool import LifecyclePool
+    from ._schedule import ContainerState, PoolState
+    from ._status import ContainerStatus, PoolStatus
 del TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -34,11 +36,15 @@ __all__ = [
     "CallTimeoutError",
     "Container",
     "ContainerCrashedError",
+    "ContainerState",
+    "ContainerStatus",
     "EnterError",
     "ExitHookError",
     "LifecyclePool",
     "LifepoolError",
     "ParentExitedError",
+    "PoolState",
+    "PoolStatus",
     "RemoteError",
     "RemoteMethod",
     "Terminated",
@@ -52,7 +58,14 @@ __all__ = [
 # The pool's side (loky, asyncio, the dispatcher) is imported on first use:
 # a container imports this package too, and what it imports is on the path to
 # every pool's first result.
-_LAZY = {"LifecyclePool": "._pool", "RemoteMethod": "._handles"}
+_LAZY = {
+    "ContainerState": "._schedule",
+    "ContainerStatus": "._status",
+    "LifecyclePool": "._pool",
+    "PoolState": "._schedule",
+    "PoolStatus": "._status",
+    "RemoteMethod": "._handles",
+}
 
 
 def __getattr__(name: str) -> object:

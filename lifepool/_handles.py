@@ -37,13 +37,13 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import _wire
-from ._dispatch import _undecodable
 from ._exceptions import note_origin
+from ._schedule._calls import undecodable as _undecodable
 from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
-    from ._dispatch import Call
     from ._pool import LifecyclePool
+    from ._schedule import Call
 
 
 class RemoteMethod:

@@ -2,7 +2,7 @@
 
 The pool object itself holds no scheduling state: it validates and encodes in
 the caller's thread, then hands calls and commands to its
-:class:`~lifepool._dispatch.Dispatcher`, whose thread owns everything else.
+:class:`~lifepool._schedule.Dispatcher`, whose thread owns everything else.
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _hooks, _launch, _signals, _wire, _worker
-from ._dispatch import Call, Dispatcher, PoolState
+from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod, map_calls
+from ._schedule import Call, Dispatcher, PoolState
+from ._status import PoolStatus
 
 logger = logging.getLogger("lifepool")
 
 START_METHODS = ("exec", "loky", "spawn", "forkserver")
+BACKENDS = ("local",)
+DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
 
 _call_ids = itertools.count(1)
 _pool_names = itertools.count(1)
@@ -50,7 +54,16 @@ class LifecyclePool(concurrent.futures.Executor):
         instance (shipped to each container with cloudpickle; its ``__init__``
         does not run again there).
     containers
-        How many container processes; default ``loky.cpu_count()``.
+        A fixed pool of this many containers (``min_containers = max_containers
+        = containers``); default ``loky.cpu_count()``. Not together with
+        *min_containers* / *max_containers*.
+    min_containers, max_containers
+        An elastic pool: at least *min_containers* (default 0) are kept
+        entered; more start on demand while calls wait, up to
+        *max_containers* (default ``max(min_containers, loky.cpu_count())``).
+    scaledown_window
+        Seconds an idle container above *min_containers* lives before it runs
+        its exit hook (with ``None`` arguments) and goes. Default 60.
     max_inputs
         Calls one container runs at once (async methods as tasks on its event
         loop, sync methods on that many threads). Default 1.
@@ -77,6 +90,9 @@ class LifecyclePool(concurrent.futures.Executor):
         Turn SIGTERM into :class:`~lifepool.Terminated` (a KeyboardInterrupt)
         while pools are alive, if the program has no SIGTERM handler of its own
         (see ``lifepool/_signals.py``). Default True.
+    backend
+        What runs the containers: ``"local"`` (the default: processes on this
+        machine, started with *start_method*).
     """
 
     def __init__(
@@ -85,6 +101,9 @@ class LifecyclePool(concurrent.futures.Executor):
         /,
         containers: int | None = None,
         *,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        scaledown_window: float = 60.0,
         max_inputs: int = 1,
         exit_grace_period: float = 240.0,
         start_method: str | None = None,
@@ -93,6 +112,7 @@ class LifecyclePool(concurrent.futures.Executor):
         retries: int = 0,
         max_calls_per_container: int | None = None,
         handle_sigterm: bool = True,
+        backend: str | Backend | None = None,
     ) -> None:
         self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         if _worker.importing_target():
@@ -102,11 +122,8 @@ class LifecyclePool(concurrent.futures.Executor):
                 'pool in a function, or under `if __name__ == "__main__":`'
             )
         cls = target if isinstance(target, type) else type(target)
-        if containers is None:
-            import loky  # (only for this: the containers are not started through loky by default)
-
-            containers = loky.cpu_count()
-        _check_int("containers", containers, minimum=1)
+        minimum, maximum = _container_counts(containers, min_containers, max_containers)
+        _check_window(scaledown_window)
         _check_int("max_inputs", max_inputs, minimum=1)
         _check_int("retries", retries, minimum=0)
         if max_calls_per_container is not None:
@@ -116,6 +133,7 @@ class LifecyclePool(concurrent.futures.Executor):
             _check_seconds("timeout", timeout)
         if start_method is not None and start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS} or None, not {start_method!r}")
+        engine = _backend(backend, start_method)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
         if inspect.isroutine(target) or inspect.ismodule(target):
@@ -128,9 +146,9 @@ class LifecyclePool(concurrent.futures.Executor):
         self._info = _hooks.inspect_class(cls)
         self._target_class = cls
         max_inputs = max(max_inputs, self._info.max_inputs)  # @lifepool.concurrent on the class
-        self._containers = containers
+        self._max_containers = maximum
         self._max_inputs = max_inputs
-        self._capacity = containers * max_inputs
+        self._capacity = maximum * max_inputs
         self.name = name or f"pool-{next(_pool_names)}"
         self._handles: dict[str, RemoteMethod] = {}
         self._exit_errors_reported = False
@@ -140,14 +158,16 @@ class LifecyclePool(concurrent.futures.Executor):
             target_blob,
             self._info.name,
             {
-                "containers": containers,
+                "backend": engine,
+                "min_containers": minimum,
+                "max_containers": maximum,
+                "scaledown_window": float(scaledown_window),
                 "max_inputs": max_inputs,
                 "exit_grace_period": float(exit_grace_period),
                 "timeout": None if timeout is None else float(timeout),
                 "retries": retries,
                 "max_calls_per_container": max_calls_per_container,
                 "batched": self._info.batched,
-                "context": _context(start_method or "exec"),
             },
             on_closed=_forget,
         )
@@ -161,8 +181,25 @@ class LifecyclePool(concurrent.futures.Executor):
         weakref.finalize(self, _abandoned, dispatcher)
 
     def __repr__(self) -> str:
-        state = self._dispatcher.state.value if self._dispatcher else "unborn"
-        return f"<LifecyclePool {self.name!r} of {self._info.name}, {self._containers} containers, {state}>"
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return f"<LifecyclePool (not made) at {id(self):#x}>"
+        # (read without the tables' lock: a repr must never wait, nor hang in a done callback)
+        live = dispatcher._active if dispatcher.state is not PoolState.CLOSED else 0
+        queued = sum(len(pending) for pending in dispatcher.pending.values())
+        return (
+            f"<LifecyclePool {self.name!r} of {self._info.name}: {dispatcher.state.value}, "
+            f"{live}/{self._max_containers} containers, {queued} queued>"
+        )
+
+    def status(self) -> PoolStatus:
+        """A snapshot: the pool's :class:`~lifepool.PoolState`, calls queued, and each live container.
+
+        ``status().containers`` holds one :class:`~lifepool.ContainerStatus`
+        per container that is starting, entering, ready, busy, retiring or
+        exiting; it is empty once the pool is closed.
+        """
+        return self._dispatcher.status()
 
     # -- method handles ---------------------------------------------------
     def __getattr__(self, name: str) -> RemoteMethod:
@@ -266,7 +303,7 @@ class LifecyclePool(concurrent.futures.Executor):
     def _run_blocking(self, what: Any, label: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """A blocking call: ``(True, value)`` or ``(False, exception)``.
 
-        It runs on a borrowed idle container if there is one (see _dispatch),
+        It runs on a borrowed idle container if there is one (see _schedule._lending),
         else it is queued and waited for. A KeyboardInterrupt cancels the call
         (interrupts it if it runs) and leaves the pool alive.
         """
@@ -334,7 +371,7 @@ class LifecyclePool(concurrent.futures.Executor):
         """Calls ``map`` keeps in flight: twice what the containers can hold at once."""
         if kind is None:
             return 2 * self._capacity
-        return 2 * self._containers * max(self._max_inputs, self._info.batched[kind][0])
+        return 2 * self._max_containers * max(self._max_inputs, self._info.batched[kind][0])
 
     def _can_chunk(self) -> bool:
         """Whether ``map`` may put several inputs in one call (see _handles._ChunkedMap)."""
@@ -516,6 +553,56 @@ def _no_method(info: _hooks.ClassInfo, name: str) -> str:
     if name.startswith("_"):
         return f"{info.name}.{name} is private; only public methods can be called remotely"
     return f"{info.name} has no public method {name!r}"
+
+
+def _container_counts(containers: Any, minimum: Any, maximum: Any) -> tuple[int, int]:
+    """(min_containers, max_containers) from the pool's three ways of saying it."""
+    if containers is not None:
+        if minimum is not None or maximum is not None:
+            raise ValueError(
+                "containers= makes a fixed pool; give either containers= or min_containers=/max_containers=, not both"
+            )
+        _check_int("containers", containers, minimum=1)
+        return containers, containers
+    if minimum is not None:
+        _check_int("min_containers", minimum, minimum=0)
+    if maximum is not None:
+        _check_int("max_containers", maximum, minimum=1)
+    if minimum is None or maximum is None:
+        import loky  # (only for this: the containers are not started through loky by default)
+
+        cpus = loky.cpu_count()
+        if minimum is None and maximum is None:
+            return cpus, cpus  # (a fixed pool, one container per CPU)
+        if minimum is None:
+            minimum = 0
+        if maximum is None:
+            maximum = max(minimum, cpus, 1)
+    if minimum > maximum:
+        raise ValueError(f"min_containers ({minimum}) must be <= max_containers ({maximum})")
+    return minimum, maximum
+
+
+def _check_window(value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"scaledown_window must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"scaledown_window must be a finite number of seconds >= 0, not {value}")
+
+
+def _backend(backend: Any, start_method: str | None) -> Backend:
+    """The engine that runs the containers (see lifepool/_backend.py)."""
+    if backend is None:
+        backend = DEFAULT_BACKEND
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be one of {BACKENDS} or a lifepool backend object, not {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    from ._local import LocalBackend
+
+    return LocalBackend(_context(start_method or "exec"))
 
 
 def _context(start_method: str) -> Any:

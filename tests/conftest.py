@@ -50,3 +50,23 @@ def hookdir(tmp_path: pathlib.Path) -> pathlib.Path:
     directory = tmp_path / "hooks"
     directory.mkdir()
     return directory
+
+
+# The backends the contract tests run on: a test module that uses the
+# ``backend`` fixture (``pytestmark = pytest.mark.usefixtures("backend")``)
+# runs each of its tests once per backend, with pools made there defaulting
+# to it (as anyio runs every test on every event loop).
+BACKENDS = ["local"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    from lifepool import _pool
+
+    monkeypatch.setattr(_pool, "DEFAULT_BACKEND", request.param)
+    return request.param

@@ -619,3 +619,36 @@ class AsyncRaiser:
 
     async def fail(self):
         raise ValueError("raised in an async method")
+
+
+class Elastic(Recorder):
+    """For elastic pools: a rendezvous only N concurrent calls can pass, timestamps, a late enter failure."""
+
+    def __enter__(self):
+        if os.path.exists(os.path.join(self.directory, "fail-enter")):
+            raise RuntimeError("enter refused: fail-enter exists")
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, tb):
+        mark(self.directory, "exitclock", repr(time.time()))
+        return super().__exit__(exc_type, exc_value, tb)
+
+    def rendezvous(self, parties: int, timeout: float = 60.0) -> int:
+        """Return once *parties* different containers are inside this method at once (bounded)."""
+        mark(self.directory, "arrived")
+        deadline = time.monotonic() + timeout
+        def arrived() -> int:
+            return len([p for p in os.listdir(self.directory) if p.startswith("arrived-") and not p.endswith(".tmp")])
+
+        while arrived() < parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {parties} containers ran at once")
+            time.sleep(0.005)
+        return os.getpid()
+
+    def busy_for(self, seconds: float) -> float:
+        """Work for *seconds* (time must pass during a call: the point of the test), return when it ended."""
+        time.sleep(seconds)
+        ended = time.time()
+        mark(self.directory, "call-ended", repr(ended))
+        return ended

@@ -16,7 +16,7 @@ import pytest
 from targets import Ahead, wait_for_path
 
 import lifepool
-from lifepool._dispatch import SEND_AHEAD
+from lifepool._schedule._tables import SEND_AHEAD
 
 
 def _wait_until(condition, timeout: float = 30.0) -> None:

@@ -81,9 +81,9 @@ def test_timeout_fails_the_call_and_the_container_serves_on(hookdir, caplog):
 def test_a_timed_out_call_that_unwinds_leaves_its_container_alone(hookdir, monkeypatch):
     # The kill armed in case a timed-out call does not unwind is disarmed when
     # it does; it used to fire anyway, in the middle of the next call.
-    from lifepool import _dispatch
+    from lifepool._schedule import _stopping
 
-    monkeypatch.setattr(_dispatch, "TIMEOUT_UNWIND_SECONDS", 0.3)
+    monkeypatch.setattr(_stopping, "TIMEOUT_UNWIND_SECONDS", 0.3)
     with lifepool.LifecyclePool(Fragile(hookdir), containers=1, timeout=3) as pool:
         pid = pool.pid.call()
         with pytest.raises(lifepool.CallTimeoutError):
@@ -101,10 +101,10 @@ def test_timeout_counts_from_start_not_from_queueing(hookdir):
 
 
 def test_a_call_that_swallows_the_interrupt_gets_its_container_killed_and_replaced(hookdir, caplog, monkeypatch):
-    from lifepool import _dispatch
+    from lifepool._schedule import _stopping
 
     caplog.set_level(logging.INFO, logger="lifepool")
-    monkeypatch.setattr(_dispatch, "TIMEOUT_UNWIND_SECONDS", 0.5)
+    monkeypatch.setattr(_stopping, "TIMEOUT_UNWIND_SECONDS", 0.5)
     # The timeout must fire once the call runs: an interrupt that comes before
     # it starts (a container slower than the timeout to pick it up, on a loaded
     # machine) stops it before it can swallow anything. Hence 2 s, not less.

@@ -1,7 +1,7 @@
 """The Futures that ``spawn`` and ``submit`` return: the whole ``concurrent.futures.Future`` contract.
 
 They are lifepool's own subclass, with a lighter condition (see
-``_dispatch.Call``); these tests hold it to what the stdlib's Future does.
+``_schedule.Call``); these tests hold it to what the stdlib's Future does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from targets import Recorder, wait_for_path
 
 import lifepool
-from lifepool._dispatch import _FutureCondition
+from lifepool._schedule._calls import _FutureCondition
 
 
 @pytest.fixture

@@ -347,7 +347,7 @@ def test_a_ctrl_c_on_any_line_of_the_fast_path_leaves_the_pool_whole(tmp_path, s
     # next call queued forever.
     from targets import Recorder
 
-    from lifepool._dispatch import Dispatcher
+    from lifepool._schedule import Dispatcher
 
     owner, _, name = step.rpartition(".")
     code = getattr(lifepool.LifecyclePool if owner else Dispatcher, name).__code__

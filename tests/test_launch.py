@@ -22,7 +22,7 @@ from lifepool._pool import START_METHODS
 def test_exec_is_the_default_and_containers_never_import_main():
     with lifepool.LifecyclePool(Surroundings, containers=2) as pool:
         seen = pool.where.call()  # (all containers are started before the first call can run)
-        assert all(isinstance(r.process, _launch.ExecProcess) for r in pool._dispatcher.slots)
+        assert all(isinstance(r.transport.process, _launch.ExecProcess) for r in pool._dispatcher.slots)
         pids = {pool.pid.call() for _ in range(4)} | {r.pid for r in pool._dispatcher.slots}
     assert seen["main_file"] is None  # the bootstrap's ``-c``, not the parent's __main__ (pytest's)
     assert seen["argv"] == sys.argv

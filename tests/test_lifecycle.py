@@ -55,7 +55,7 @@ def test_class_target_is_instantiated_in_each_container():
 def test_default_container_count_is_loky_cpu_count():
     pool = lifepool.LifecyclePool(Plain)
     try:
-        assert pool._containers == loky.cpu_count()
+        assert pool._max_containers == loky.cpu_count() and pool.status().state is lifepool.PoolState.RUNNING
     finally:
         pool.shutdown()
 

@@ -843,7 +843,7 @@ import subprocess
 pool = lifepool.LifecyclePool(Echo, containers=1)
 pool.echo.call(1)
 (record,) = pool._dispatcher.slots
-copy = os.dup(record.fd)
+copy = os.dup(record.transport.fd)
 holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(copy,))
 mark("holder", pid=holder.pid)
 os._exit(0)  # no shutdown, no exit hooks run by the parent
