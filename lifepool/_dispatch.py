@@ -68,14 +68,13 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from typing import Any
 
-from . import _shm, _wire, _worker
+from . import _launch, _shm, _wire, _worker
 from ._exceptions import (
     CallTimeoutError,
     ContainerCrashedError,
@@ -330,6 +329,7 @@ class Dispatcher:
             "max_inputs": self.max_inputs,
             "parent_pid": os.getpid(),
             "exit_grace_period": self.grace,
+            "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
         }
 
         # Shared with other threads: append-only from them, drained here.
@@ -380,10 +380,21 @@ class Dispatcher:
     def wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
-            try:
-                os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass  # the pipe is full (a wake-up is pending anyway) or closed (finished)
+            # Under _submit_lock: the finished dispatcher closes the pipe under
+            # it (see _run), so a late wake() never writes into a reused fd.
+            with self._submit_lock:
+                if self._wake_w < 0:
+                    return
+                try:
+                    os.write(self._wake_w, b"\0")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full (a wake-up is pending anyway)
+
+    def check_accepting(self) -> None:
+        """Raise what submit() would raise now; a pre-check (without the lock) before a call is encoded."""
+        refusal = self._refusal
+        if refusal is not None:
+            raise refusal()
 
     def submit(self, call: Call) -> None:
         with self._submit_lock:
@@ -633,9 +644,14 @@ class Dispatcher:
                 self._fail(call, RuntimeError(f"pool {self.name!r} closed"), None)
             self.state = PoolState.CLOSED
             self._selector.close()
-            # The wake-up pipe stays open until this object is collected: a
-            # late wake() from another thread must never write into a reused fd.
-            weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+            # The wake-up pipe is closed now, not at collection (shutdown()
+            # must leave no descriptor behind), under _submit_lock, after the
+            # refusal above: a late wake() from another thread takes that lock
+            # and finds it closed, so it never writes into a reused fd.
+            with self._submit_lock:
+                self._wake_pending = True
+                wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+                _close_fds(*wake_fds)
             self._on_closed(self)
             self.closed.set()
 
@@ -940,6 +956,7 @@ class Dispatcher:
             self._selector.unregister(record.process.sentinel)
         record.process.join()
         code = record.process.exitcode
+        _launch.close_process(record.process)  # its pidfd / sentinel now, not at collection (one per crash)
         # What it put in shared memory and nobody decoded (everything it sent has been read).
         _shm.sweep(os.getpid(), creator_pid=record.pid)
         was = record.state

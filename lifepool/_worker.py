@@ -112,6 +112,65 @@ def _ignore_signal(signum: int, frame: object) -> None:
     """SIGINT and SIGTERM in a container: nothing to do (see main)."""
 
 
+def share_authkey(key: bytes | None) -> None:
+    """Take the parent's multiprocessing auth key as this process's.
+
+    A proxy of the parent's ``multiprocessing.Manager()`` (an ``Event``, a
+    ``Queue``, a ``dict``) passed as an argument connects to the manager with
+    ``current_process().authkey``: with a key of its own, the container's
+    connection was refused ("digest sent was rejected"), where the standard
+    library's pools work. The key comes in the container's start payload
+    (never argv nor the environment, which other users can read).
+
+    A container does not import multiprocessing at start (its package pulls
+    in ``socket`` and ``selectors``: about 4 ms of a container's start, where
+    ``multiprocessing.process`` alone is 0.3 ms). So unless it is already
+    imported (the spawn, forkserver and loky start methods import it), the
+    key is set the moment ``multiprocessing.process`` is, by a finder at the
+    front of ``sys.meta_path`` that lets go of it once done: before anything
+    can read the key, even a proxy unpickled among a call's arguments (which
+    is what imports multiprocessing then).
+    """
+    if key is None:
+        return
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = key
+    else:
+        # (a new list, never one changed in place: another thread may be iterating it in an import)
+        sys.meta_path = [_AuthkeyOnImport(key), *sys.meta_path]
+
+
+class _AuthkeyOnImport:
+    """The finder of :func:`share_authkey`: finds nothing, but sets the key once ``multiprocessing.process`` ran."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path = [finder for finder in sys.meta_path if finder is not self]
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if find is None else find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or isinstance(spec.loader, type):  # (shared by many modules: never for CPython's)
+            return spec
+        run = spec.loader.exec_module
+        key = self._key
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            module.current_process().authkey = key
+
+        spec.loader.exec_module = exec_module  # (this spec's own loader instance)
+        return spec
+
+
 def _signals_after_fork() -> None:
     """A process forked in a container (multiprocessing's "fork", ``os.fork``) starts with Python's defaults."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -886,6 +945,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         signal.signal(signum, _ignore_signal)
         signal.siginterrupt(signum, False)  # system calls restart: no EINTR for C code
     os.register_at_fork(after_in_child=_signals_after_fork)
+    share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
