@@ -661,6 +661,43 @@ class _Worker:
             batcher = self._batchers[name] = _Batcher(self, name, getattr(self.instance, name), size, wait_ms)
         return batcher
 
+    def take_call(self, call_id: int, body: Any, concurrent_mode: bool) -> BaseException | None:
+        """Run (or start) a CALL; returns ParentExitedError if that ended it (see :meth:`serve`)."""
+        self._stashed_calls.discard(call_id)
+        if call_id in self._returned:  # given back to the parent unstarted
+            self._returned.discard(call_id)
+            return None
+        if call_id in self._revoked:  # interrupted while it waited in the pipe
+            self._revoked.discard(call_id)
+            self._skipped.add(call_id)
+            self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
+            return None
+        try:
+            what, func, args, kwargs = self.resolve(body)
+            how = self.how_to_run(what, func)
+        except BaseException as error:  # noqa: BLE001
+            self.send_result(call_id, False, error)
+            return None
+        if how == "sync" and not concurrent_mode:
+            gone = self.run_inline(call_id, func, args, kwargs, False)
+        elif how == "chunk":
+            if concurrent_mode:
+                self.start_concurrent(call_id, self.run_chunk, (call_id, what), {})
+                return None
+            gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {}, False)
+        elif how == "batched":
+            self.batcher(what).add(call_id, args, kwargs)
+            return None
+        elif how == "stream":
+            self.threads.submit(self.run_stream, call_id, func, args, kwargs)
+            return None
+        elif concurrent_mode:
+            self.start_concurrent(call_id, func, args, kwargs)
+            return None
+        else:
+            gone = self.run_inline(call_id, func, args, kwargs, True)
+        return gone
+
     def serve(self) -> BaseException | None:
         """Serve calls until EXIT or the parent vanishes; return what the exit hooks get."""
         concurrent_mode = self.options["max_inputs"] > 1
@@ -673,39 +710,9 @@ class _Worker:
                 self.send_returns(blocking=True)
             tag, call_id, flag, body = _wire.unframe(data)
             if tag == _wire.CALL:
-                self._stashed_calls.discard(call_id)
-                if call_id in self._returned:  # given back to the parent unstarted
-                    self._returned.discard(call_id)
-                    continue
-                if call_id in self._revoked:  # interrupted while it waited in the pipe
-                    self._revoked.discard(call_id)
-                    self._skipped.add(call_id)
-                    self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
-                    continue
-                try:
-                    what, func, args, kwargs = self.resolve(body)
-                    how = self.how_to_run(what, func)
-                except BaseException as error:  # noqa: BLE001
-                    self.send_result(call_id, False, error)
-                    continue
-                if how == "sync" and not concurrent_mode:
-                    gone = self.run_inline(call_id, func, args, kwargs, False)
-                elif how == "chunk":
-                    if concurrent_mode:
-                        self.start_concurrent(call_id, self.run_chunk, (call_id, what), {})
-                        continue
-                    gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {}, False)
-                elif how == "batched":
-                    self.batcher(what).add(call_id, args, kwargs)
-                    continue
-                elif how == "stream":
-                    self.threads.submit(self.run_stream, call_id, func, args, kwargs)
-                    continue
-                elif concurrent_mode:
-                    self.start_concurrent(call_id, func, args, kwargs)
-                    continue
-                else:
-                    gone = self.run_inline(call_id, func, args, kwargs, True)
+                # (in a method of its own: no local of this loop keeps a call's
+                # arguments alive until the next message comes)
+                gone = self.take_call(call_id, body, concurrent_mode)
                 if gone is not None:
                     return gone
             elif tag == _wire.CREDIT:
