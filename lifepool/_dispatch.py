@@ -68,6 +68,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
@@ -1150,7 +1151,8 @@ class Dispatcher:
         if call.stream:
             record.streams += 1
         if self.timeout is not None:
-            self._add_timer(time.monotonic() + self.timeout, call)
+            # A weak reference: a finished call must not wait here, with its result, for its deadline.
+            self._add_timer(time.monotonic() + self.timeout, weakref.ref(call))
         self._in_hand.clear()
         return call
 
@@ -1176,8 +1178,8 @@ class Dispatcher:
                 armed = record.kills.get(purpose)
                 if armed is not None and armed[0] == when and record.state is not ContainerState.DEAD:
                     self._kill(record, armed[1], timed_out=True)
-            else:
-                self._call_timed_out(what)
+            elif (call := what()) is not None:  # (a weak reference: see _take)
+                self._call_timed_out(call)
 
     def _call_timed_out(self, call: Call) -> None:
         record = call.container

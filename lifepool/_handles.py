@@ -592,6 +592,10 @@ async def _amap(
     pool = method._pool
     window = pool._window(method._kind)
     in_flight: collections.deque[tuple[Future[Any], asyncio.Future[Any]]] = collections.deque()
+    # Unordered: each waiter as it finishes. Not asyncio.wait, whose callbacks
+    # already scheduled for the other finished waiters hold them (and their
+    # results) past the yield, until the loop runs again.
+    finished: asyncio.Queue[asyncio.Future[Any]] = asyncio.Queue()
     exhausted = False
     input_error: list[Exception] = []  # raised by the inputs' iterator: raised after what came before
 
@@ -609,7 +613,10 @@ async def _amap(
             exhausted = True
             return
         future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
-        in_flight.append((future, _awaitable(future)))
+        waiter = _awaitable(future)
+        if not order_outputs:
+            waiter.add_done_callback(finished.put_nowait)
+        in_flight.append((future, waiter))
 
     interrupted = False
     try:
@@ -620,8 +627,8 @@ async def _amap(
             if order_outputs:
                 await asyncio.wait([in_flight[0][1]])
             else:
-                done, _ = await asyncio.wait([a for _, a in in_flight], return_when=asyncio.FIRST_COMPLETED)
-                entry = next(e for e in in_flight if e[1] in done)
+                done = await finished.get()
+                entry = next(e for e in in_flight if e[1] is done)
                 in_flight.remove(entry)
                 in_flight.appendleft(entry)
                 del entry, done
