@@ -54,6 +54,7 @@ from concurrent import futures
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 
 import pytest
+from conftest import collected
 from executor_targets import (
     Empty,
     EventfulGCObj,
@@ -65,7 +66,6 @@ from executor_targets import (
     wait_and_raise,
     wait_then,
 )
-from test_hygiene import _gone
 
 import lifepool
 from lifepool._dispatch import Call
@@ -206,8 +206,8 @@ def test_free_reference(executor):
         wr = weakref.ref(obj)
         del obj
         gc.collect()
-        # (bounded: the pool's thread that completed the call may not have returned yet; see test_hygiene._gone)
-        assert _gone(wr)
+        # (bounded: the pool's thread that completed the call may not have returned yet; see conftest.collected)
+        assert collected(wr)
 
 
 def test_ressources_gced_in_workers(executor, manager):

@@ -12,10 +12,10 @@ import multiprocessing
 import os
 import tempfile
 import threading
-import time
 import weakref
 
 import pytest
+from conftest import collected
 from executor_targets import Empty, FailingEnter, Maker, make_dummy_object
 
 import lifepool
@@ -46,31 +46,13 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _gone(ref) -> bool:
-    """Whether *ref*'s object is collected, waiting (bounded) for the pool's dispatcher thread to let it go.
-
-    The thread that completes a Future holds it until its completion returns,
-    and the waiting thread may run first: that reference is gone a few
-    bytecodes later (once that thread gets the GIL back). A reference kept
-    for good keeps the object past the bound.
-    """
-    deadline = time.monotonic() + 10.0
-    while True:
-        gc.collect()
-        if ref() is None:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)  # (lets the dispatcher thread run)
-
-
-def _assert_all_gone(iterator):
+def _assert_allcollected(iterator):
     """Every value *iterator* yields is unreachable once the loop drops it (bpo-14406)."""
     count = 0
     for obj in iterator:
         ref = weakref.ref(obj)
         del obj
-        assert _gone(ref), f"the value yielded at position {count} is still alive"
+        assert collected(ref), f"the value yielded at position {count} is still alive"
         count += 1
     return count
 
@@ -113,13 +95,13 @@ def test_map_keeps_no_yielded_result_alive(pool, how):
         "starmap": lambda: pool.make2.starmap([(i, i) for i in range(40)]),
         "map over two iterables": lambda: pool.make2.map(range(40), range(40)),
     }[how]()
-    assert _assert_all_gone(results) == 40
+    assert _assert_allcollected(results) == 40
 
 
 @pytest.mark.parametrize("order_outputs", [True, False])
 def test_unchunked_map_keeps_no_yielded_result_nor_future_alive(unchunked, order_outputs):
-    assert _assert_all_gone(unchunked.make.map(range(20), order_outputs=order_outputs)) == 20
-    assert _assert_all_gone(unchunked.map(make_dummy_object, range(20))) == 20
+    assert _assert_allcollected(unchunked.make.map(range(20), order_outputs=order_outputs)) == 20
+    assert _assert_allcollected(unchunked.map(make_dummy_object, range(20))) == 20
 
 
 @pytest.mark.parametrize("order_outputs", [True, False])
@@ -129,7 +111,7 @@ def test_map_aio_keeps_no_yielded_result_alive(pool, order_outputs):
         async for obj in pool.amake.map.aio(range(20), order_outputs=order_outputs):
             ref = weakref.ref(obj)
             del obj
-            assert _gone(ref), f"the value yielded at position {count} is still alive"
+            assert collected(ref), f"the value yielded at position {count} is still alive"
             count += 1
         return count
 
@@ -142,7 +124,7 @@ def test_as_completed_over_lifepool_futures_keeps_none_alive(pool):
         futures.remove(future)
         ref = weakref.ref(future)
         del future
-        assert _gone(ref)
+        assert collected(ref)
 
 
 def test_closing_a_chunked_map_early_still_stops_it(pool):
