@@ -327,7 +327,7 @@ class _ChunkedMap:
         self.inputs: Iterator[Any] | None = None if self.sequence is not None else iter(inputs)
         self.position = 0  # of the next input in self.sequence
         self.input_error: Exception | None = None  # raised by the inputs' iterator: raised after what came before
-        self.current: list[Any] = []  # the values being handed out
+        self.current = _HandedOut([])  # the values being handed out
         self.single = single  # inputs are single arguments, not argument tuples
         self.order_outputs = order_outputs
         self.return_exceptions = return_exceptions
@@ -402,15 +402,18 @@ class _ChunkedMap:
                     entry = next(e for e in self.in_flight if e[0] is done)
                 self.in_flight.remove(entry)
                 values, errors = self.outcomes(*entry)
+                del entry  # (nor its Future, once the chunk's values are out: see _HandedOut)
                 self.submit_next()
                 if not errors or self.return_exceptions:
-                    self.current = values
-                    yield values
+                    self.current = _HandedOut(values)
+                    yield self.current
                     continue
                 first = min(errors)
-                self.current = values[:first]
+                error = values[first]
+                self.current = _HandedOut(values[:first])
+                del values
                 yield self.current
-                raise values[first]
+                raise error
             if self.input_error is not None:
                 raise self.input_error
         except KeyboardInterrupt:
@@ -477,6 +480,28 @@ class _ChunkedMap:
         return exc
 
 
+class _HandedOut(map):
+    """An iterator over a chunk's *values* that drops each value as it hands it out (bpo-14406).
+
+    A list iterator would keep every value of the chunk alive until the last
+    was taken: a map over large results (CPython's ``test_free_reference``)
+    would hold a chunk of them. This pops them instead (the list is reversed
+    once), at C speed: ``map(values.pop, repeat(-1, n))``.
+    """
+
+    def __new__(cls, values: list[Any]) -> _HandedOut:
+        values.reverse()
+        counts = itertools.repeat(-1, len(values))
+        self = super().__new__(cls, values.pop, counts)
+        self._values, self._counts = values, counts
+        return self
+
+    def stop(self) -> None:
+        """Hand out nothing more, and let the rest go."""
+        self._values.clear()
+        collections.deque(self._counts, maxlen=0)  # (exhausts the counts: map stops)
+
+
 def _discard_outcomes(partial: list[Any], future: Future[Any]) -> None:
     """Unlink the shared memory of an abandoned chunk's outcomes (see _ChunkedMap.abandon)."""
     segments = list(partial)
@@ -495,7 +520,7 @@ class _MapResults(itertools.chain):
     def close(self) -> None:
         """Stop: the chunks still out are abandoned, and nothing more is handed out."""
         self._chunks.close()
-        self._map.current.clear()  # (the chain holds an iterator over it)
+        self._map.current.stop()  # (the chain holds it)
 
 
 def _results(
@@ -512,15 +537,19 @@ def _results(
     try:
         pool._refuse_on_own_dispatcher("iterate a map's results")
         while in_flight:
+            # The call handed out next is in_flight[0] (so an interrupt while
+            # waiting abandons it too), and no local names it across the yield:
+            # once its value is out, nothing here keeps it or its Future alive
+            # (bpo-14406, CPython's test_free_reference).
             if order_outputs:
-                future = in_flight[0]
-                _wait_done(future, deadline)  # (still in in_flight: an interrupt here abandons it too)
-                in_flight.popleft()
+                _wait_done(in_flight[0], deadline)
             else:
-                future = _next_finished(finished, deadline)
-                in_flight.remove(future)
+                done = _next_finished(finished, deadline)
+                in_flight.remove(done)
+                in_flight.appendleft(done)
+                del done
             submit_next()
-            yield _outcome(future, return_exceptions)
+            yield _outcome(in_flight.popleft(), return_exceptions)
         if input_error:
             raise input_error[0]
     except KeyboardInterrupt:
@@ -563,6 +592,10 @@ async def _amap(
     pool = method._pool
     window = pool._window(method._kind)
     in_flight: collections.deque[tuple[Future[Any], asyncio.Future[Any]]] = collections.deque()
+    # Unordered: each waiter as it finishes. Not asyncio.wait, whose callbacks
+    # already scheduled for the other finished waiters hold them (and their
+    # results) past the yield, until the loop runs again.
+    finished: asyncio.Queue[asyncio.Future[Any]] = asyncio.Queue()
     exhausted = False
     input_error: list[Exception] = []  # raised by the inputs' iterator: raised after what came before
 
@@ -580,22 +613,27 @@ async def _amap(
             exhausted = True
             return
         future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
-        in_flight.append((future, _awaitable(future)))
+        waiter = _awaitable(future)
+        if not order_outputs:
+            waiter.add_done_callback(finished.put_nowait)
+        in_flight.append((future, waiter))
 
     interrupted = False
     try:
         while len(in_flight) < window and not exhausted:
             await submit_next()
         while in_flight:
+            # As in _results: what is handed out next is in_flight[0], named by no local across the yield.
             if order_outputs:
-                entry = in_flight[0]
-                await asyncio.wait([entry[1]])
+                await asyncio.wait([in_flight[0][1]])
             else:
-                done, _ = await asyncio.wait([a for _, a in in_flight], return_when=asyncio.FIRST_COMPLETED)
-                entry = next(e for e in in_flight if e[1] in done)
-            in_flight.remove(entry)
+                done = await finished.get()
+                entry = next(e for e in in_flight if e[1] is done)
+                in_flight.remove(entry)
+                in_flight.appendleft(entry)
+                del entry, done
             await submit_next()
-            yield _outcome(entry[0], return_exceptions)
+            yield _outcome(in_flight.popleft()[0], return_exceptions)
         if input_error:
             raise input_error[0]
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -163,6 +163,32 @@ class ExecProcess:
         return f"<ExecProcess {self.name!r} pid={self.pid} {state}>"
 
 
+def close_process(process: Any) -> None:
+    """Close a reaped container's process handle (its pidfd or sentinel pipe) now.
+
+    Left to garbage collection, each container that died kept one descriptor
+    open for the pool's life, and a stopped pool kept its containers' until
+    it was collected. ``ExecProcess`` and multiprocessing's processes have
+    ``close()``. loky's process object has one too, but its popen does not
+    (its sentinel is closed by a ``multiprocessing.util.Finalize`` when the
+    popen is collected); that popen gets a ``close`` that runs the Finalize.
+    """
+    popen = getattr(process, "_popen", None)
+    if popen is not None and not hasattr(popen, "close"):
+        popen.close = lambda: _run_finalizers_of(popen)
+    process.close()
+
+
+def _run_finalizers_of(obj: Any) -> None:
+    """Run now the ``multiprocessing.util.Finalize`` callbacks registered for *obj* (each runs only once)."""
+    from multiprocessing import util
+
+    for finalizer in list(util._finalizer_registry.values()):  # type: ignore[attr-defined]
+        ref = getattr(finalizer, "_weakref", None)
+        if ref is not None and ref() is obj:
+            finalizer()
+
+
 def _pickle_call(target: Any, args: tuple[Any, ...]) -> tuple[bytes, list[int]]:
     """Pickle ``(target, args)``, with every Connection replaced by its descriptor number."""
     import io

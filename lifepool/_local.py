@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import Any
 
-from . import _shm, _wire, _worker
+from . import _launch, _shm, _wire, _worker
 from ._backend import Backend, Transport
 
 
@@ -88,12 +88,7 @@ class LocalTransport(Transport):
         code = process.exitcode
         # Its process handle (a pidfd) goes now, not when the pool is collected:
         # a long-lived pool would otherwise keep one descriptor per crash.
-        close = getattr(process, "close", None)
-        if close is not None:
-            try:
-                close()
-            except (ValueError, AttributeError):
-                pass  # (loky's popen has no close(): its sentinel goes when it is collected)
+        _launch.close_process(process)
         # What it put in shared memory and nobody decoded (everything it sent has been read).
         _shm.sweep(os.getpid(), creator_pid=self.pid)
         return code

@@ -168,6 +168,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 "retries": retries,
                 "max_calls_per_container": max_calls_per_container,
                 "batched": self._info.batched,
+                "authkey": _authkey(),
             },
             on_closed=_forget,
         )
@@ -340,7 +341,12 @@ class LifecyclePool(concurrent.futures.Executor):
         kind: str | None,
         sink: Callable[[tuple[str, Any]], None] | None,
     ) -> Call:
-        """Encode a call (also the Future its caller gets)."""
+        """Encode a call (also the Future its caller gets).
+
+        A pool that refuses calls raises before anything is encoded: a big
+        argument would otherwise be written to shared memory for nothing.
+        """
+        self._dispatcher.check_accepting()
         try:
             body = _wire.dumps((what, args, kwargs))
         except Exception as error:
@@ -359,6 +365,12 @@ class LifecyclePool(concurrent.futures.Executor):
         except KeyboardInterrupt:
             # Queued or not, nobody will ever see this future: make sure it never runs.
             self._abandon([call], interrupt=True)
+            raise
+        except BaseException:
+            # Refused (the pool stopped since _make_call's check): cancelling
+            # the call that was never queued runs its done callbacks, which
+            # unlink its arguments' shared memory (see _make_call).
+            call.cancel()
             raise
 
     def _abandon(self, futures: list[Call], *, interrupt: bool) -> None:
@@ -541,6 +553,13 @@ def _as_if_propagated(error: BaseException) -> BaseException:
         tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
         frame = frame.f_back
     return copy.with_traceback(tb)
+
+
+def _authkey() -> bytes:
+    """This process's multiprocessing auth key, which containers take as theirs (see _worker.share_authkey)."""
+    import multiprocessing.process  # (already imported: the containers' pipes are multiprocessing's)
+
+    return bytes(multiprocessing.process.current_process().authkey)
 
 
 def _label(fn: Callable[..., Any]) -> str:

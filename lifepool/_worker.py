@@ -112,6 +112,65 @@ def _ignore_signal(signum: int, frame: object) -> None:
     """SIGINT and SIGTERM in a container: nothing to do (see main)."""
 
 
+def share_authkey(key: bytes | None) -> None:
+    """Take the parent's multiprocessing auth key as this process's.
+
+    A proxy of the parent's ``multiprocessing.Manager()`` (an ``Event``, a
+    ``Queue``, a ``dict``) passed as an argument connects to the manager with
+    ``current_process().authkey``: with a key of its own, the container's
+    connection was refused ("digest sent was rejected"), where the standard
+    library's pools work. The key comes in the container's start payload
+    (never argv nor the environment, which other users can read).
+
+    A container does not import multiprocessing at start (its package pulls
+    in ``socket`` and ``selectors``: about 4 ms of a container's start, where
+    ``multiprocessing.process`` alone is 0.3 ms). So unless it is already
+    imported (the spawn, forkserver and loky start methods import it), the
+    key is set the moment ``multiprocessing.process`` is, by a finder at the
+    front of ``sys.meta_path`` that lets go of it once done: before anything
+    can read the key, even a proxy unpickled among a call's arguments (which
+    is what imports multiprocessing then).
+    """
+    if key is None:
+        return
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = key
+    else:
+        # (a new list, never one changed in place: another thread may be iterating it in an import)
+        sys.meta_path = [_AuthkeyOnImport(key), *sys.meta_path]
+
+
+class _AuthkeyOnImport:
+    """The finder of :func:`share_authkey`: finds nothing, but sets the key once ``multiprocessing.process`` ran."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path = [finder for finder in sys.meta_path if finder is not self]
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if find is None else find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or isinstance(spec.loader, type):  # (shared by many modules: never for CPython's)
+            return spec
+        run = spec.loader.exec_module
+        key = self._key
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            module.current_process().authkey = key
+
+        spec.loader.exec_module = exec_module  # (this spec's own loader instance)
+        return spec
+
+
 def _signals_after_fork() -> None:
     """A process forked in a container (multiprocessing's "fork", ``os.fork``) starts with Python's defaults."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -602,6 +661,43 @@ class _Worker:
             batcher = self._batchers[name] = _Batcher(self, name, getattr(self.instance, name), size, wait_ms)
         return batcher
 
+    def take_call(self, call_id: int, body: Any, concurrent_mode: bool) -> BaseException | None:
+        """Run (or start) a CALL; returns ParentExitedError if that ended it (see :meth:`serve`)."""
+        self._stashed_calls.discard(call_id)
+        if call_id in self._returned:  # given back to the parent unstarted
+            self._returned.discard(call_id)
+            return None
+        if call_id in self._revoked:  # interrupted while it waited in the pipe
+            self._revoked.discard(call_id)
+            self._skipped.add(call_id)
+            self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
+            return None
+        try:
+            what, func, args, kwargs = self.resolve(body)
+            how = self.how_to_run(what, func)
+        except BaseException as error:  # noqa: BLE001
+            self.send_result(call_id, False, error)
+            return None
+        if how == "sync" and not concurrent_mode:
+            gone = self.run_inline(call_id, func, args, kwargs, False)
+        elif how == "chunk":
+            if concurrent_mode:
+                self.start_concurrent(call_id, self.run_chunk, (call_id, what), {})
+                return None
+            gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {}, False)
+        elif how == "batched":
+            self.batcher(what).add(call_id, args, kwargs)
+            return None
+        elif how == "stream":
+            self.threads.submit(self.run_stream, call_id, func, args, kwargs)
+            return None
+        elif concurrent_mode:
+            self.start_concurrent(call_id, func, args, kwargs)
+            return None
+        else:
+            gone = self.run_inline(call_id, func, args, kwargs, True)
+        return gone
+
     def serve(self) -> BaseException | None:
         """Serve calls until EXIT or the parent vanishes; return what the exit hooks get."""
         concurrent_mode = self.options["max_inputs"] > 1
@@ -614,39 +710,9 @@ class _Worker:
                 self.send_returns(blocking=True)
             tag, call_id, flag, body = _wire.unframe(data)
             if tag == _wire.CALL:
-                self._stashed_calls.discard(call_id)
-                if call_id in self._returned:  # given back to the parent unstarted
-                    self._returned.discard(call_id)
-                    continue
-                if call_id in self._revoked:  # interrupted while it waited in the pipe
-                    self._revoked.discard(call_id)
-                    self._skipped.add(call_id)
-                    self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
-                    continue
-                try:
-                    what, func, args, kwargs = self.resolve(body)
-                    how = self.how_to_run(what, func)
-                except BaseException as error:  # noqa: BLE001
-                    self.send_result(call_id, False, error)
-                    continue
-                if how == "sync" and not concurrent_mode:
-                    gone = self.run_inline(call_id, func, args, kwargs, False)
-                elif how == "chunk":
-                    if concurrent_mode:
-                        self.start_concurrent(call_id, self.run_chunk, (call_id, what), {})
-                        continue
-                    gone = self.run_inline(call_id, self.run_chunk, (call_id, what), {}, False)
-                elif how == "batched":
-                    self.batcher(what).add(call_id, args, kwargs)
-                    continue
-                elif how == "stream":
-                    self.threads.submit(self.run_stream, call_id, func, args, kwargs)
-                    continue
-                elif concurrent_mode:
-                    self.start_concurrent(call_id, func, args, kwargs)
-                    continue
-                else:
-                    gone = self.run_inline(call_id, func, args, kwargs, True)
+                # (in a method of its own: no local of this loop keeps a call's
+                # arguments alive until the next message comes)
+                gone = self.take_call(call_id, body, concurrent_mode)
                 if gone is not None:
                     return gone
             elif tag == _wire.CREDIT:
@@ -886,6 +952,7 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any]) -> 
         signal.signal(signum, _ignore_signal)
         signal.siginterrupt(signum, False)  # system calls restart: no EINTR for C code
     os.register_at_fork(after_in_child=_signals_after_fork)
+    share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)

@@ -45,6 +45,26 @@ def assert_gone(pids, timeout: float = 10.0) -> None:
     assert not alive, f"container processes still alive: {sorted(alive)}"
 
 
+def collected(ref) -> bool:
+    """Whether *ref*'s object is collected, waiting (bounded) for the pool's dispatcher thread to let it go.
+
+    The thread that completes a Future holds it until its completion returns,
+    and the waiting thread may run first: that reference is gone a few
+    bytecodes later (once that thread gets the GIL back). A reference kept
+    for good keeps the object past the bound.
+    """
+    import gc
+
+    deadline = time.monotonic() + 10.0
+    while True:
+        gc.collect()
+        if ref() is None:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)  # (lets the dispatcher thread run)
+
+
 @pytest.fixture
 def hookdir(tmp_path: pathlib.Path) -> pathlib.Path:
     directory = tmp_path / "hooks"

@@ -62,7 +62,6 @@ import selectors
 import signal
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import InvalidStateError
 from typing import Any
@@ -179,9 +178,14 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
             self.state = PoolState.CLOSED
             self._selector.close()
             self.backend.close()
-            # The wake-up pipe stays open until this object is collected: a
-            # late wake() from another thread must never write into a reused fd.
-            weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+            # The wake-up pipe is closed now, not at collection (shutdown()
+            # must leave no descriptor behind), under _submit_lock, after the
+            # refusal above: a late wake() from another thread takes that lock
+            # and finds it closed, so it never writes into a reused fd.
+            with self._submit_lock:
+                self._wake_pending = True
+                wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+                _close_fds(*wake_fds)
             self._on_closed(self)
             self.closed.set()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+import weakref
 
 from .. import _wire
 from ._calls import Call, start_running
@@ -156,7 +157,8 @@ class Routing(Tables):
         if call.stream:
             record.streams += 1
         if self.timeout is not None:
-            self._timers.add(time.monotonic() + self.timeout, call)
+            # A weak reference: a finished call must not wait here, with its result, for its deadline.
+            self._timers.add(time.monotonic() + self.timeout, weakref.ref(call))
         self._in_hand.clear()
         return call
 

@@ -31,8 +31,8 @@ class Stopping(Tables):
                 armed = record.kills.get(purpose)
                 if armed is not None and armed[0] == when and record.state is not ContainerState.DEAD:
                     self._kill(record, armed[1], timed_out=True)
-            else:
-                self._call_timed_out(what)
+            elif (call := what()) is not None:  # (a weak reference: see Routing._take)
+                self._call_timed_out(call)
 
     def _call_timed_out(self, call: Call) -> None:
         record = call.container

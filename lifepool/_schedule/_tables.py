@@ -56,7 +56,7 @@ class Tables:
             "pool_name": pool_name,
             "max_inputs": self.max_inputs,
             "exit_grace_period": self.grace,
-            **options.get("worker", {}),
+            "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
         }
 
         # Shared with other threads: append-only from them, drained by the dispatcher.
@@ -102,10 +102,21 @@ class Tables:
     def wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
-            try:
-                os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass  # the pipe is full (a wake-up is pending anyway) or closed (finished)
+            # Under _submit_lock: the finished dispatcher closes the pipe under
+            # it (see Dispatcher._run), so a late wake() never writes into a reused fd.
+            with self._submit_lock:
+                if self._wake_w < 0:
+                    return
+                try:
+                    os.write(self._wake_w, b"\0")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full (a wake-up is pending anyway)
+
+    def check_accepting(self) -> None:
+        """Raise what submit() would raise now; a pre-check (without the lock) before a call is encoded."""
+        refusal = self._refusal
+        if refusal is not None:
+            raise refusal()
 
     def refuse(self, make_error: Callable[[], BaseException]) -> None:
         """From now on, submit() raises ``make_error()`` (the first reason given wins)."""

@@ -1,6 +1,6 @@
 """Deadlines, soonest first: what the dispatcher's ``select`` sleeps until.
 
-Entries are ``(when, seq, what)``: a Call (its timeout), or ``(record,
+Entries are ``(when, seq, what)``: a weak reference to a Call (its timeout), or ``(record,
 purpose)`` (a kill armed for that purpose, or the "scaledown" check of an
 elastic pool's idle container). An entry is never removed when what it
 guards is over; it is skipped as stale when it comes due (the owner checks),
