@@ -330,6 +330,7 @@ class Dispatcher:
             "max_inputs": self.max_inputs,
             "parent_pid": os.getpid(),
             "exit_grace_period": self.grace,
+            "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
         }
 
         # Shared with other threads: append-only from them, drained here.
