@@ -122,7 +122,9 @@ class App:
     def cls(self, _warn_parentheses_missing: Any = None, **kwargs: Any) -> Callable[[type], Cls]:
         """Register a class: ``@modal.method()`` methods run in its containers, between its enter and exit hooks."""
         if _warn_parentheses_missing is not None:
-            raise InvalidError("Positional arguments are not allowed. Did you forget parentheses? Suggestion: `@app.cls()`.")
+            raise InvalidError(
+                "Positional arguments are not allowed. Did you forget parentheses? Suggestion: `@app.cls()`."
+            )
         options = self._options("app.cls", kwargs)
 
         def decorate(user_cls: type) -> Cls:
@@ -139,7 +141,9 @@ class App:
 
         return decorate
 
-    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None) -> Callable[[Any], Any]:
+    def local_entrypoint(
+        self, _warn_parentheses_missing: Any = None, *, name: str | None = None
+    ) -> Callable[[Any], Any]:
         """Register the function ``lifepool run`` calls (sync or async)."""
         if _warn_parentheses_missing is not None:
             raise InvalidError(
@@ -158,7 +162,9 @@ class App:
         return decorate
 
     # -- running ------------------------------------------------------------
-    def run(self, *, detach: bool = False, interactive: bool = False, environment_name: str | None = None, **_: Any) -> _Running:
+    def run(
+        self, *, detach: bool = False, interactive: bool = False, environment_name: str | None = None, **_: Any
+    ) -> _Running:
         """``with app.run():`` (or ``async with``): the app's pools live for the block."""
         return _Running(self)
 

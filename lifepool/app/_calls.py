@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .._exceptions import ContainerCrashedError, EnterError
-from .exception import InvalidError, translate
+from .exception import translate
 
 _call_numbers = itertools.count(1)
 
@@ -50,7 +50,9 @@ class RetryTimer:
                 dropped = False
                 heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), callback, on_dropped))
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=f"lifepool-retries-{self._name}", daemon=True)
+                    self._thread = threading.Thread(
+                        target=self._run, name=f"lifepool-retries-{self._name}", daemon=True
+                    )
                     self._thread.start()
                 self._cond.notify()
         if dropped:
@@ -222,7 +224,6 @@ class FunctionCall:
                 call.cancel()
             raise
 
-
     get = twin(get, _get_aio)
     gather = twin(gather.__func__, _gather_aio.__func__, static=True)
 
@@ -245,7 +246,7 @@ async def await_outcome(future: concurrent.futures.Future[Any], timeout: float |
         if timeout is None:
             return await asyncio.wrap_future(future)
         return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         from .exception import TimeoutError as ModalTimeout
 
         raise ModalTimeout(f"no result within {timeout} s") from None

@@ -38,7 +38,9 @@ _variants = itertools.count()
 def method(_warn_parentheses_missing: Any = None, *, is_generator: bool | None = None) -> Callable[[Any], Any]:
     """Mark a method of an ``@app.cls()`` class as callable remotely: ``@modal.method()``."""
     if _warn_parentheses_missing is not None:
-        raise InvalidError("Positional arguments are not allowed. Did you forget parentheses? Suggestion: `@modal.method()`.")
+        raise InvalidError(
+            "Positional arguments are not allowed. Did you forget parentheses? Suggestion: `@modal.method()`."
+        )
 
     def mark(func: Any) -> Any:
         if not callable(func):
@@ -256,7 +258,9 @@ class Cls:
 
     def with_concurrency(self, *, max_inputs: int, target_inputs: int | None = None) -> Cls:
         _hooks.concurrent(max_inputs=max_inputs, target_inputs=target_inputs)  # (checks the values)
-        return Cls(self._user_cls, self._app, self._options.with_overrides(max_inputs=max_inputs), batching=self._batching)
+        return Cls(
+            self._user_cls, self._app, self._options.with_overrides(max_inputs=max_inputs), batching=self._batching
+        )
 
     def with_batching(self, *, max_batch_size: int, wait_ms: int) -> Cls:
         _hooks.batched(max_batch_size=max_batch_size, wait_ms=wait_ms)  # (checks the values)
@@ -271,7 +275,9 @@ class Cls:
         body: dict[str, Any] = {}
         for name in _hooks.inspect_class(self._user_cls).batched:
             func = inspect.getattr_static(self._user_cls, name)
-            copied = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+            copied = types.FunctionType(
+                func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+            )
             copied.__dict__.update(func.__dict__)
             copied.__qualname__ = func.__qualname__
             body[name] = _hooks.batched(max_batch_size=self._batching[0], wait_ms=self._batching[1])(copied)

@@ -162,8 +162,14 @@ class Invoker:
     ) -> Iterator[Any]:
         if not input_iterators:
             raise InvalidError("map() needs at least one input iterator")
-        return self._many(zip(*input_iterators), kwargs, order_outputs, return_exceptions, star=len(input_iterators) > 1,
-                          single=input_iterators[0] if len(input_iterators) == 1 else None)
+        return self._many(
+            zip(*input_iterators),
+            kwargs,
+            order_outputs,
+            return_exceptions,
+            star=len(input_iterators) > 1,
+            single=input_iterators[0] if len(input_iterators) == 1 else None,
+        )
 
     def _map_aio(
         self,
@@ -205,12 +211,18 @@ class Invoker:
     def for_each(self) -> _calls.Twin:
         return _calls.Twin(self._for_each, self._for_each_aio, None)
 
-    def _for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}, ignore_exceptions: bool = False) -> None:  # noqa: B006
+    def _for_each(
+        self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}, ignore_exceptions: bool = False
+    ) -> None:  # noqa: B006
         for _ in self._map(*input_iterators, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
             pass
 
-    async def _for_each_aio(self, *input_iterators: Any, kwargs: dict[str, Any] = {}, ignore_exceptions: bool = False) -> None:  # noqa: B006
-        async for _ in self._map_aio(*input_iterators, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
+    async def _for_each_aio(
+        self, *input_iterators: Any, kwargs: dict[str, Any] = {}, ignore_exceptions: bool = False
+    ) -> None:  # noqa: B006
+        async for _ in self._map_aio(
+            *input_iterators, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions
+        ):
             pass
 
     @property

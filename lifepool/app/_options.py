@@ -163,7 +163,9 @@ def check(options: Options) -> Options:
             f"min_containers ({options.min_containers}) cannot be greater than max_containers "
             f"({options.max_containers})"
         )
-    if options.scaledown_window is not None and (not _number(options.scaledown_window) or options.scaledown_window <= 0):
+    if options.scaledown_window is not None and (
+        not _number(options.scaledown_window) or options.scaledown_window <= 0
+    ):
         raise InvalidError(f"scaledown_window must be a positive number of seconds, not {options.scaledown_window!r}")
     if not _number(options.timeout) or options.timeout <= 0:
         raise InvalidError(f"timeout must be a positive number of seconds, not {options.timeout!r}")

@@ -23,7 +23,6 @@ Errors your own functions raise arrive as themselves (a ``ValueError`` stays a
 
 from __future__ import annotations
 
-
 from .._exceptions import CallTimeoutError, ContainerCrashedError, EnterError
 from .._exceptions import RemoteError as _LifepoolRemoteError
 
