@@ -104,7 +104,7 @@ _state = _State()
 
 
 def current_call_id() -> int | None:
-    """The pool's id of the call running on this container's main thread (None elsewhere: threads, the loop, batches)."""
+    """The pool's id of the call on this container's main thread (None elsewhere: threads, the loop, batches)."""
     return _state.call_id if _state.in_user_code else None
 
 

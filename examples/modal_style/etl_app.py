@@ -1,4 +1,4 @@
-"""The ETL program in today's spelling: a Secret gives the containers ``DATABASE_URI``; the exit hook takes no arguments."""
+"""The ETL program in today's spelling: a Secret gives the containers ``DATABASE_URI``; exit hooks take no arguments."""
 
 import os
 import sqlite3

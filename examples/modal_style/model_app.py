@@ -1,6 +1,6 @@
 """The first program in today's Modal spelling: ``lifepool run examples/modal_style/model_app.py --x 4``.
 
-With ``import modal`` in place of the first line, this is a Modal program.
+With ``import modal`` in place of ``from lifepool import modal``, this is a Modal program.
 """
 
 import os

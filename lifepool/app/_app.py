@@ -147,7 +147,8 @@ class App:
         """Register the function ``lifepool run`` calls (sync or async)."""
         if _warn_parentheses_missing is not None:
             raise InvalidError(
-                "Positional arguments are not allowed. Did you forget parentheses? Suggestion: `@app.local_entrypoint()`."
+                "Positional arguments are not allowed. Did you forget parentheses? "
+                "Suggestion: `@app.local_entrypoint()`."
             )
         return self._entrypoint(name)
 
@@ -306,7 +307,7 @@ class Run:
                     if not waiting:
                         break
                     concurrent.futures.wait(waiting)
-            except BaseException as interrupt:  # a Ctrl-C while waiting: stop as on an error
+            except BaseException as interrupt:  # noqa: BLE001 -a Ctrl-C while waiting: stop as on an error
                 exc = interrupted = interrupt
         with self._lock:
             self.closed = True

@@ -187,7 +187,7 @@ class FunctionCall:
         return item.future if isinstance(item, Attempts) else item
 
     def get(self, timeout: float | None = None, *, index: int = 0) -> Any:
-        """The result (waits at most *timeout* seconds: then ``modal.exception.TimeoutError``... as Modal: OutputExpired aside)."""
+        """The result; waits at most *timeout* seconds (then ``lifepool.exception.TimeoutError``)."""
         return outcome(self._future(index), timeout)
 
     def iter(self, *, start: int = 0, end: int | None = None) -> Iterator[Any]:
@@ -237,7 +237,7 @@ def outcome(future: concurrent.futures.Future[Any], timeout: float | None = None
         from .exception import TimeoutError as ModalTimeout
 
         raise ModalTimeout(f"no result within {timeout} s") from None
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
         raise_translated(error)
 
 
@@ -250,7 +250,7 @@ async def await_outcome(future: concurrent.futures.Future[Any], timeout: float |
         from .exception import TimeoutError as ModalTimeout
 
         raise ModalTimeout(f"no result within {timeout} s") from None
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
         raise_translated(error)
 
 
@@ -265,7 +265,7 @@ def translated_outcomes(results: Iterator[Any], return_exceptions: bool) -> Iter
     try:
         for item in results:
             yield translate(item) if return_exceptions and isinstance(item, BaseException) else item
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
         raise_translated(error)
     finally:
         close = getattr(results, "close", None)
@@ -277,7 +277,7 @@ async def atranslated_outcomes(results: AsyncIterator[Any], return_exceptions: b
     try:
         async for item in results:
             yield translate(item) if return_exceptions and isinstance(item, BaseException) else item
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
         raise_translated(error)
     finally:
         close = getattr(results, "aclose", None)
@@ -306,7 +306,7 @@ def windowed_map(
                 args = next(inputs)
             except StopIteration:
                 return
-            except Exception as error:  # the inputs' error comes after the results before it
+            except Exception as error:  # noqa: BLE001 -the inputs' error comes after the results before it
                 input_error.append(error)
                 return
             future = spawn(args)
@@ -318,7 +318,7 @@ def windowed_map(
         if return_exceptions:
             try:
                 return future.result()
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
                 return translate(error)
         return outcome(future)
 

@@ -102,7 +102,7 @@ def _load(target: str) -> tuple[Any, Any, str]:
             return only.app, only.raw_f, only.name
         functions = {n: f for app in apps for n, f in app.registered_functions.items()}
         if not entries and len(functions) == 1:
-            (name_, function), app = next(iter(functions.items())), apps[0]
+            name_, function = next(iter(functions.items()))
             return function.app, function.remote, name_
         found = ", ".join(sorted(entries)) or "none"
         raise UsageError(f"pick one entrypoint with {path}::NAME (found: {found})")
@@ -141,7 +141,7 @@ def _parse_entry_args(func: Any, label: str, target: str, argv: list[str]) -> di
         annotation = hints.get(name, param.annotation)
         required = param.default is param.empty
         default = None if required else param.default
-        optional, annotation = _unwrap_optional(annotation)
+        _, annotation = _unwrap_optional(annotation)
         if annotation is bool:
             parser.add_argument(
                 option, dest=name, action=argparse.BooleanOptionalAction, required=required, default=default

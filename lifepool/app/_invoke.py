@@ -76,7 +76,7 @@ class Invoker:
             run = self._run()
             try:
                 return run.pool(self._service).method(self._name).remote(*args, **kwargs)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
                 _calls.raise_translated(error)
             finally:
                 run.count_done()
@@ -89,7 +89,7 @@ class Invoker:
             run = self._run()
             try:
                 return await run.pool(self._service).method(self._name).remote.aio(*args, **kwargs)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
                 _calls.raise_translated(error)
             finally:
                 run.count_done()
@@ -212,14 +212,20 @@ class Invoker:
         return _calls.Twin(self._for_each, self._for_each_aio, None)
 
     def _for_each(
-        self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] = {}, ignore_exceptions: bool = False
-    ) -> None:  # noqa: B006
+        self,
+        *input_iterators: Iterable[Any],
+        kwargs: dict[str, Any] = {},  # noqa: B006 - Modal's signature
+        ignore_exceptions: bool = False,
+    ) -> None:
         for _ in self._map(*input_iterators, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
             pass
 
     async def _for_each_aio(
-        self, *input_iterators: Any, kwargs: dict[str, Any] = {}, ignore_exceptions: bool = False
-    ) -> None:  # noqa: B006
+        self,
+        *input_iterators: Any,
+        kwargs: dict[str, Any] = {},  # noqa: B006 - Modal's signature
+        ignore_exceptions: bool = False,
+    ) -> None:
         async for _ in self._map_aio(
             *input_iterators, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions
         ):
@@ -282,7 +288,7 @@ class Invoker:
             for next_done in waiting if order_outputs else asyncio.as_completed(waiting):
                 try:
                     yield await next_done
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - translated and re-raised, or kept as an outcome
                     if not return_exceptions:
                         _calls.raise_translated(error)
                     yield _calls.translate(error)

@@ -53,7 +53,7 @@ class Secret:
 
     @staticmethod
     def from_dotenv(path: str | os.PathLike[str] | None = None, *, filename: str = ".env") -> Secret:
-        """Variables of a ``.env`` file: *path* (a file, or the directory holding *filename*), else the working directory."""
+        """Variables of a ``.env`` file: *path* (a file, or a directory holding *filename*), else the cwd's."""
         if path is None:
             file = os.path.join(os.getcwd(), filename)
         elif os.path.isdir(path):
