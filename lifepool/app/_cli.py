@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "run":
         top.parse_args(argv)  # prints help or the usage error (status 2)
         return USAGE_ERROR
-    # The entrypoint's own options come after the target: parse ours first.
-    ours, rest = run_parser.parse_known_args(argv[1:])
+    # Ours come before the target, the entrypoint's own after it (--help too).
+    args = argv[1:]
+    split = next((i for i, arg in enumerate(args) if not arg.startswith("-")), len(args) - 1)
+    ours, rest = run_parser.parse_args(args[: split + 1]), args[split + 1 :]
     try:
         app, func, label = _load(ours.target)
         kwargs = _parse_entry_args(func, label, ours.target, rest)
