@@ -24,15 +24,31 @@ from ._worker import Container, current_container
 
 TYPE_CHECKING = False  # (not typing.TYPE_CHECKING: a container need not import typing)
 if TYPE_CHECKING:
+    from . import app, modal
     from ._handles import RemoteMethod
     from ._pool import LifecyclePool
     from ._schedule import ContainerState, PoolState
     from ._status import ContainerStatus, PoolStatus
+    from .app import (
+        App,
+        FunctionCall,
+        Image,
+        Retries,
+        Secret,
+        Stub,
+        current_function_call_id,
+        current_input_id,
+        exception,
+        is_local,
+        method,
+        parameter,
+    )
 del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "CallTimeoutError",
     "Container",
     "ContainerCrashedError",
@@ -40,6 +56,8 @@ __all__ = [
     "ContainerStatus",
     "EnterError",
     "ExitHookError",
+    "FunctionCall",
+    "Image",
     "LifecyclePool",
     "LifepoolError",
     "ParentExitedError",
@@ -47,17 +65,42 @@ __all__ = [
     "PoolStatus",
     "RemoteError",
     "RemoteMethod",
+    "Retries",
+    "Secret",
+    "Stub",
     "Terminated",
+    "app",
     "batched",
     "concurrent",
     "current_container",
+    "current_function_call_id",
+    "current_input_id",
     "enter",
+    "exception",
     "exit",
+    "is_local",
+    "method",
+    "modal",
+    "parameter",
 ]
 
-# The pool's side (loky, asyncio, the dispatcher) is imported on first use:
-# a container imports this package too, and what it imports is on the path to
-# every pool's first result.
+# The pool's side (loky, asyncio, the dispatcher) and the Modal-style app layer
+# are imported on first use: a container imports this package too, and what it
+# imports is on the path to every pool's first result.
+_APP_NAMES = (
+    "App",
+    "FunctionCall",
+    "Image",
+    "Retries",
+    "Secret",
+    "Stub",
+    "current_function_call_id",
+    "current_input_id",
+    "exception",
+    "is_local",
+    "method",
+    "parameter",
+)
 _LAZY = {
     "ContainerState": "._schedule",
     "ContainerStatus": "._status",
@@ -65,19 +108,23 @@ _LAZY = {
     "PoolState": "._schedule",
     "PoolStatus": "._status",
     "RemoteMethod": "._handles",
+    **dict.fromkeys(_APP_NAMES, ".app"),
 }
+_SUBMODULES = ("app", "modal")
 
 
 def __getattr__(name: str) -> object:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # (the import sets the attribute too)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lifepool' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

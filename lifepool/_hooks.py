@@ -6,7 +6,12 @@ Two styles are supported, as in Modal:
   (which win when both are defined);
 * ``@lifepool.enter()`` / ``@lifepool.exit()`` on methods taking only ``self``;
   they run after ``__enter__`` / before ``__exit__``, in definition order
-  (base classes first).
+  (base classes first); ``@lifepool.enter(snap=True)`` hooks run before the
+  other ``@lifepool.enter()`` hooks.
+
+A class marked ``__lifepool_dunder_hooks__ = False`` (what ``@app.cls()`` of
+``lifepool.App`` sets, following today's Modal) runs only the decorated hooks:
+its dunders are left alone.
 """
 
 from __future__ import annotations
@@ -22,11 +27,30 @@ if TYPE_CHECKING:
 _HOOK_ATTR = "__lifepool_hook__"
 _BATCHED_ATTR = "__lifepool_batched__"
 _CONCURRENT_ATTR = "__lifepool_max_inputs__"
+_SNAP_ATTR = "__lifepool_snap__"
+_DUNDER_HOOKS_ATTR = "__lifepool_dunder_hooks__"  # False: __enter__/__exit__ & co. are not hooks
+_WRAPPED_ATTR = "__lifepool_wrapped__"  # a descriptor in a class body standing for this function
 
 
-def enter() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a method (``self`` only, sync or async) to run once when a container starts."""
-    return _marker("enter")
+def enter(*, snap: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method (``self`` only, sync or async) to run once when a container starts.
+
+    ``snap=True`` (Modal's memory-snapshot hooks) runs the hook before the
+    other enter hooks. For now it runs in each container like any enter hook:
+    no snapshot is taken or shared.
+    """
+    if not isinstance(snap, bool):
+        raise TypeError(f"snap must be a bool, not {type(snap).__name__}")
+    mark = _marker("enter")
+    if not snap:
+        return mark
+
+    def mark_snap(func: Callable[..., Any]) -> Callable[..., Any]:
+        mark(func)
+        setattr(func, _SNAP_ATTR, True)
+        return func
+
+    return mark_snap
 
 
 def exit() -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # noqa: A001 - Modal's name
@@ -34,18 +58,24 @@ def exit() -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # noqa: A001 
     return _marker("exit")
 
 
-def concurrent(*, max_inputs: int) -> Callable[[type], type]:
+def concurrent(*, max_inputs: int, target_inputs: int | None = None) -> Callable[[type], type]:
     """Class decorator: each container runs up to *max_inputs* calls of this class at once.
 
     Async methods run as tasks on the container's event loop, sync methods on
     that many threads. The pool uses the larger of this and its own ``max_inputs``.
+    *target_inputs* (Modal's autoscaling hint) is checked and otherwise
+    ignored. It may also decorate a function given to ``@app.function()``.
     """
     if not isinstance(max_inputs, int) or isinstance(max_inputs, bool) or max_inputs < 1:
         raise ValueError(f"max_inputs must be an int >= 1, not {max_inputs!r}")
+    if target_inputs is not None and (
+        not isinstance(target_inputs, int) or isinstance(target_inputs, bool) or not 1 <= target_inputs <= max_inputs
+    ):
+        raise ValueError(f"target_inputs must be an int from 1 to max_inputs, not {target_inputs!r}")
 
     def decorate(cls: type) -> type:
-        if not isinstance(cls, type):
-            raise TypeError(f"@lifepool.concurrent() decorates a class, not {cls!r}")
+        if not isinstance(cls, type) and not inspect.isfunction(cls):
+            raise TypeError(f"@lifepool.concurrent() decorates a class (or an @app.function), not {cls!r}")
         setattr(cls, _CONCURRENT_ATTR, max_inputs)
         return cls
 
@@ -97,9 +127,11 @@ class ClassInfo:
     generators: frozenset[str]  # methods that are (async) generators: called with remote_gen
     batched: dict[str, tuple[int, float]]  # @batched methods: (max_batch_size, wait_ms)
     max_inputs: int  # from @concurrent(max_inputs=N), else 1
+    dunder_hooks: bool = True  # __enter__/__exit__ (and the async ones) are hooks (False in App mode)
 
 
 def inspect_class(cls: type) -> ClassInfo:
+    snap_hooks: list[str] = []
     enter_hooks: list[str] = []
     exit_hooks: list[str] = []
     methods: set[str] = set()
@@ -108,9 +140,10 @@ def inspect_class(cls: type) -> ClassInfo:
     for name in _ordered_names(cls):
         attr = inspect.getattr_static(cls, name)
         func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        func = getattr(func, _WRAPPED_ATTR, func)  # (the app layer's Stub methods are descriptors)
         kind = getattr(func, _HOOK_ATTR, None)
         if kind == "enter":
-            enter_hooks.append(name)
+            (snap_hooks if getattr(func, _SNAP_ATTR, False) else enter_hooks).append(name)
         elif kind == "exit":
             exit_hooks.append(name)
         elif not name.startswith("_") and callable(func):
@@ -122,11 +155,12 @@ def inspect_class(cls: type) -> ClassInfo:
     return ClassInfo(
         cls.__qualname__,
         frozenset(methods),
-        tuple(enter_hooks),
+        (*snap_hooks, *enter_hooks),
         tuple(exit_hooks),
         frozenset(generators),
         batched,
         getattr(cls, _CONCURRENT_ATTR, 1),
+        getattr(cls, _DUNDER_HOOKS_ATTR, True) is not False,
     )
 
 

@@ -93,6 +93,13 @@ class LifecyclePool(concurrent.futures.Executor):
     backend
         What runs the containers: ``"local"`` (the default: processes on this
         machine, started with *start_method*).
+    env
+        Environment variables set in each container before its target is
+        unpickled: a dict (``None`` as a value unsets the variable), or a
+        callable ``env(index) -> dict`` called in the parent once per
+        container index (replacements of container *i* get the same).
+    cwd
+        Working directory of each container, entered before its target is unpickled.
     """
 
     def __init__(
@@ -113,6 +120,8 @@ class LifecyclePool(concurrent.futures.Executor):
         max_calls_per_container: int | None = None,
         handle_sigterm: bool = True,
         backend: str | Backend | None = None,
+        env: dict[str, str | None] | Callable[[int], dict[str, str | None]] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         if _worker.importing_target():
@@ -136,6 +145,7 @@ class LifecyclePool(concurrent.futures.Executor):
         engine = _backend(backend, start_method)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
+        environment = _environment(env, cwd, maximum)
         if inspect.isroutine(target) or inspect.ismodule(target):
             raise TypeError(f"target must be a class or an instance of one, not {target!r}")
         try:
@@ -169,6 +179,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 "max_calls_per_container": max_calls_per_container,
                 "batched": self._info.batched,
                 "authkey": _authkey(),
+                "environment": environment,
             },
             on_closed=_forget,
         )
@@ -631,6 +642,41 @@ def _context(start_method: str) -> Any:
     from loky.backend.context import get_context  # "loky", and the standard library's "spawn"/"forkserver"
 
     return get_context(start_method)
+
+
+def _environment(env: Any, cwd: Any, containers: int) -> dict[str, Any] | None:
+    """The per-container ``env=``/``cwd=`` the containers apply before unpickling the target (see _worker).
+
+    A callable *env* is called here, in the parent, once per container index:
+    the containers get plain dicts, so nothing of the user's has to be
+    unpickled before the environment is in place.
+    """
+    if env is None and cwd is None:
+        return None
+    envs = None
+    if env is not None:
+        if callable(env):
+            envs = [_check_env(env(index), f"env({index})") for index in range(containers)]
+        else:
+            envs = [_check_env(env, "env")] * containers
+    if cwd is not None:
+        if not isinstance(cwd, (str, os.PathLike)):
+            raise TypeError(f"cwd must be a path, not {type(cwd).__name__}")
+        cwd = os.path.abspath(os.fspath(cwd))
+        if not os.path.isdir(cwd):
+            raise ValueError(f"cwd {cwd!r} is not a directory")
+    return {"env": envs, "cwd": cwd}
+
+
+def _check_env(env: Any, what: str) -> dict[str, str | None]:
+    if not isinstance(env, dict):
+        raise TypeError(f"{what} must be a dict of str to str (or None), not {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ValueError(f"{what}: {key!r} is not an environment variable name")
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{what}[{key!r}] must be a str or None, not {type(value).__name__}")
+    return dict(env)
 
 
 def _check_int(what: str, value: Any, *, minimum: int) -> None:

@@ -103,6 +103,11 @@ class _State:
 _state = _State()
 
 
+def current_call_id() -> int | None:
+    """The pool's id of the call on this container's main thread (None elsewhere: threads, the loop, batches)."""
+    return _state.call_id if _state.in_user_code else None
+
+
 def importing_target() -> bool:
     """Whether this is a container importing its target's module (where making a pool is refused)."""
     return _state.loading_target
@@ -169,6 +174,20 @@ class _AuthkeyOnImport:
 
         spec.loader.exec_module = exec_module  # (this spec's own loader instance)
         return spec
+
+
+def _apply_environment(environment: dict[str, Any] | None, index: int) -> None:
+    """The pool's ``env=``/``cwd=``, before the target is unpickled (its module may read them on import)."""
+    if environment is None:
+        return
+    if environment["cwd"] is not None:
+        os.chdir(environment["cwd"])
+    if environment["env"] is not None:
+        for key, value in environment["env"][index].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _signals_after_fork() -> None:
@@ -418,6 +437,7 @@ class _Worker:
     # -- lifecycle --------------------------------------------------------
     def enter(self, target_blob: bytes) -> None:
         global _current
+        _apply_environment(self.options.get("environment"), self.index)
         _state.loading_target = True
         try:
             target = _wire.loads(target_blob)
@@ -428,7 +448,9 @@ class _Worker:
         self.instance = self.run_user(cls) if isinstance(target, type) else target
         _current = Container(self.index, self.options["pool_name"], self.instance)
         self.send(_wire.frame(_wire.ENTERING, os.getpid()))
-        if _hooks.is_async(getattr(cls, "__aenter__", None)):
+        if not self.info.dunder_hooks:
+            pass  # App mode (lifepool.App): only decorated hooks run, as in today's Modal
+        elif _hooks.is_async(getattr(cls, "__aenter__", None)):
             self.run_user(self.instance.__aenter__)
         elif hasattr(cls, "__enter__"):
             self.run_user(self.instance.__enter__)
@@ -441,7 +463,9 @@ class _Worker:
         cls = type(self.instance)
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else (None, None, None)
         hooks: list[Callable[[], Any]] = [getattr(self.instance, n) for n in self.info.exit_hooks]
-        if _hooks.is_async(getattr(cls, "__aexit__", None)):
+        if not self.info.dunder_hooks:
+            pass
+        elif _hooks.is_async(getattr(cls, "__aexit__", None)):
             hooks.append(lambda: self.instance.__aexit__(*exc_info))
         elif hasattr(cls, "__exit__"):
             hooks.append(lambda: self.instance.__exit__(*exc_info))

@@ -57,6 +57,7 @@ class Tables:
             "max_inputs": self.max_inputs,
             "exit_grace_period": self.grace,
             "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
+            "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
         }
 
         # Shared with other threads: append-only from them, drained by the dispatcher.
