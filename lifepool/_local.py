@@ -107,7 +107,7 @@ class LocalTransport(Transport):
 
 
 class LocalBackend(Backend):
-    """Containers as local processes, started through *context* (see ``_pool._context``)."""
+    """Containers as local processes, started through *context* (see ``_options.context``)."""
 
     name = "local"
 

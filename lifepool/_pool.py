@@ -13,7 +13,6 @@ import functools
 import inspect
 import itertools
 import logging
-import math
 import os
 import sys
 import threading
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import _hooks, _launch, _signals, _wire, _worker
+from . import _hooks, _options, _signals, _wire, _worker
 from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod, map_calls
@@ -32,9 +31,6 @@ from ._status import PoolStatus
 
 logger = logging.getLogger("lifepool")
 
-START_METHODS = ("exec", "loky", "spawn", "forkserver")
-BACKENDS = ("local",)
-DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
 
 _call_ids = itertools.count(1)
 _pool_names = itertools.count(1)
@@ -131,21 +127,21 @@ class LifecyclePool(concurrent.futures.Executor):
                 'pool in a function, or under `if __name__ == "__main__":`'
             )
         cls = target if isinstance(target, type) else type(target)
-        minimum, maximum = _container_counts(containers, min_containers, max_containers)
-        _check_window(scaledown_window)
-        _check_int("max_inputs", max_inputs, minimum=1)
-        _check_int("retries", retries, minimum=0)
+        minimum, maximum = _options.container_counts(containers, min_containers, max_containers)
+        _options.check_window(scaledown_window)
+        _options.check_int("max_inputs", max_inputs, minimum=1)
+        _options.check_int("retries", retries, minimum=0)
         if max_calls_per_container is not None:
-            _check_int("max_calls_per_container", max_calls_per_container, minimum=1)
-        _check_seconds("exit_grace_period", exit_grace_period)
+            _options.check_int("max_calls_per_container", max_calls_per_container, minimum=1)
+        _options.check_seconds("exit_grace_period", exit_grace_period)
         if timeout is not None:
-            _check_seconds("timeout", timeout)
-        if start_method is not None and start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {START_METHODS} or None, not {start_method!r}")
-        engine = _backend(backend, start_method)
+            _options.check_seconds("timeout", timeout)
+        if start_method is not None and start_method not in _options.START_METHODS:
+            raise ValueError(f"start_method must be one of {_options.START_METHODS} or None, not {start_method!r}")
+        engine = _options.engine(backend, start_method)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
-        environment = _environment(env, cwd, maximum)
+        environment = _options.environment(env, cwd, maximum)
         if inspect.isroutine(target) or inspect.ismodule(target):
             raise TypeError(f"target must be a class or an instance of one, not {target!r}")
         try:
@@ -178,7 +174,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 "retries": retries,
                 "max_calls_per_container": max_calls_per_container,
                 "batched": self._info.batched,
-                "authkey": _authkey(),
+                "authkey": _options.authkey(),
                 "environment": environment,
             },
             on_closed=_forget,
@@ -566,13 +562,6 @@ def _as_if_propagated(error: BaseException) -> BaseException:
     return copy.with_traceback(tb)
 
 
-def _authkey() -> bytes:
-    """This process's multiprocessing auth key, which containers take as theirs (see _worker.share_authkey)."""
-    import multiprocessing.process  # (already imported: the containers' pipes are multiprocessing's)
-
-    return bytes(multiprocessing.process.current_process().authkey)
-
-
 def _label(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -585,109 +574,3 @@ def _no_method(info: _hooks.ClassInfo, name: str) -> str:
     return f"{info.name} has no public method {name!r}"
 
 
-def _container_counts(containers: Any, minimum: Any, maximum: Any) -> tuple[int, int]:
-    """(min_containers, max_containers) from the pool's three ways of saying it."""
-    if containers is not None:
-        if minimum is not None or maximum is not None:
-            raise ValueError(
-                "containers= makes a fixed pool; give either containers= or min_containers=/max_containers=, not both"
-            )
-        _check_int("containers", containers, minimum=1)
-        return containers, containers
-    if minimum is not None:
-        _check_int("min_containers", minimum, minimum=0)
-    if maximum is not None:
-        _check_int("max_containers", maximum, minimum=1)
-    if minimum is None or maximum is None:
-        import loky  # (only for this: the containers are not started through loky by default)
-
-        cpus = loky.cpu_count()
-        if minimum is None and maximum is None:
-            return cpus, cpus  # (a fixed pool, one container per CPU)
-        if minimum is None:
-            minimum = 0
-        if maximum is None:
-            maximum = max(minimum, cpus, 1)
-    if minimum > maximum:
-        raise ValueError(f"min_containers ({minimum}) must be <= max_containers ({maximum})")
-    return minimum, maximum
-
-
-def _check_window(value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"scaledown_window must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"scaledown_window must be a finite number of seconds >= 0, not {value}")
-
-
-def _backend(backend: Any, start_method: str | None) -> Backend:
-    """The engine that runs the containers (see lifepool/_backend.py)."""
-    if backend is None:
-        backend = DEFAULT_BACKEND
-    if isinstance(backend, Backend):
-        return backend
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be one of {BACKENDS} or a lifepool backend object, not {backend!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    from ._local import LocalBackend
-
-    return LocalBackend(_context(start_method or "exec"))
-
-
-def _context(start_method: str) -> Any:
-    """What starts the containers: an object with ``Pipe`` and ``Process``, like a multiprocessing context."""
-    if start_method == "exec":
-        return _launch.ExecContext()
-    from loky.backend.context import get_context  # "loky", and the standard library's "spawn"/"forkserver"
-
-    return get_context(start_method)
-
-
-def _environment(env: Any, cwd: Any, containers: int) -> dict[str, Any] | None:
-    """The per-container ``env=``/``cwd=`` the containers apply before unpickling the target (see _worker).
-
-    A callable *env* is called here, in the parent, once per container index:
-    the containers get plain dicts, so nothing of the user's has to be
-    unpickled before the environment is in place.
-    """
-    if env is None and cwd is None:
-        return None
-    envs = None
-    if env is not None:
-        if callable(env):
-            envs = [_check_env(env(index), f"env({index})") for index in range(containers)]
-        else:
-            envs = [_check_env(env, "env")] * containers
-    if cwd is not None:
-        if not isinstance(cwd, (str, os.PathLike)):
-            raise TypeError(f"cwd must be a path, not {type(cwd).__name__}")
-        cwd = os.path.abspath(os.fspath(cwd))
-        if not os.path.isdir(cwd):
-            raise ValueError(f"cwd {cwd!r} is not a directory")
-    return {"env": envs, "cwd": cwd}
-
-
-def _check_env(env: Any, what: str) -> dict[str, str | None]:
-    if not isinstance(env, dict):
-        raise TypeError(f"{what} must be a dict of str to str (or None), not {type(env).__name__}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise ValueError(f"{what}: {key!r} is not an environment variable name")
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{what}[{key!r}] must be a str or None, not {type(value).__name__}")
-    return dict(env)
-
-
-def _check_int(what: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, not {value}")
-
-
-def _check_seconds(what: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive, finite number of seconds, not {value}")

@@ -86,7 +86,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    from lifepool import _pool
+    from lifepool import _options
 
-    monkeypatch.setattr(_pool, "DEFAULT_BACKEND", request.param)
+    monkeypatch.setattr(_options, "DEFAULT_BACKEND", request.param)
     return request.param

@@ -22,6 +22,9 @@ from targets import (
 import lifepool
 from lifepool._worker import STREAM_WINDOW
 
+# A contract test module: each test runs on every backend (see conftest.BACKENDS).
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))

@@ -22,6 +22,9 @@ from conftest import assert_gone, markers
 
 import lifepool
 
+# A contract test module: each test runs on every backend (see conftest.BACKENDS).
+pytestmark = pytest.mark.usefixtures("backend")
+
 PRELUDE = textwrap.dedent(
     """
     import logging, os, pathlib, sys, time, threading, traceback, signal

@@ -16,7 +16,7 @@ from launch_targets import Surroundings, exit_with, kill_self_with, report_start
 
 import lifepool
 from lifepool import _launch, _worker
-from lifepool._pool import START_METHODS
+from lifepool._options import START_METHODS
 
 
 def test_exec_is_the_default_and_containers_never_import_main():

@@ -24,6 +24,9 @@ from targets import (
 
 import lifepool
 
+# A contract test module: each test runs on every backend (see conftest.BACKENDS).
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def test_enter_and_exit_run_once_per_container(hookdir):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=3) as pool:
