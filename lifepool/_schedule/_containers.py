@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import selectors
+import threading
 import time
 
 from .. import _wire
@@ -106,6 +107,10 @@ class Containers(Tables):
         if not record.scaledown_armed:
             record.scaledown_armed = True
             self._timers.add(record.idle_since + self.rule.scaledown_window, (record, "scaledown"))
+            if threading.current_thread() is not self.thread:
+                # (a borrower gave it back: the dispatcher sleeps until its old
+                # nearest deadline, and must learn of this one)
+                self.wake()
 
     def _scaledown_check(self, record: ContainerRecord) -> None:
         """A scale-down timer came due: stop *record* if idle for the whole window, above the floor.
