@@ -31,12 +31,12 @@ class LocalTransport(Transport):
 
     def __init__(self, process: Any, conn: Any) -> None:
         self.process = process
-        self.pid: int | None = process.pid
+        self.pid: int = process.pid
         self.messages = conn
         self.sentinel = process.sentinel
         self.fd = conn.fileno()  # written with _wire.send_bytes
         self.reader = _wire.Reader(self.fd)
-        self.recv = self.reader.recv  # (an attribute: the fast path calls it once per call)
+        self.recv = self.reader.recv  # type: ignore[method-assign]  # (the fast path calls it once per call)
 
     def send(self, frames: list[bytes]) -> None:
         if len(frames) == 1:
@@ -85,7 +85,7 @@ class LocalTransport(Transport):
     def reap(self) -> int | None:
         process = self.process
         process.join()
-        code = process.exitcode
+        code: int | None = process.exitcode
         # Its process handle (a pidfd) goes now, not when the pool is collected:
         # a long-lived pool would otherwise keep one descriptor per crash.
         _launch.close_process(process)
@@ -103,7 +103,7 @@ class LocalTransport(Transport):
             self.messages.close()
         process_module = sys.modules.get("multiprocessing.process")
         if process_module is not None:
-            process_module._children.discard(self.process)  # type: ignore[attr-defined]
+            process_module._children.discard(self.process)
 
 
 class LocalBackend(Backend):

@@ -60,7 +60,7 @@ def frame(tag: int, call_id: int = 0, flag: int = 0, body: bytes = b"") -> bytes
     return HEADER.pack(tag, call_id, flag) + body
 
 
-def unframe(data: bytes) -> tuple[int, int, int, memoryview]:
+def unframe(data: bytes | bytearray) -> tuple[int, int, int, memoryview]:
     tag, call_id, flag = HEADER.unpack_from(data)
     return tag, call_id, flag, memoryview(data)[HEADER.size :]
 

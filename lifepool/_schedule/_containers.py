@@ -17,6 +17,7 @@ from .. import _wire
 from .._exceptions import ContainerCrashedError, EnterError
 from ._calls import Call
 from ._records import COMING, LEAVING, SERVING, ContainerRecord, ContainerState, PoolState, describe_exit
+from ._records import transport as _transport
 from ._tables import Tables
 
 logger = logging.getLogger("lifepool")
@@ -149,13 +150,13 @@ class Containers(Tables):
         """
         try:
             while True:
-                self._message(record, record.transport.recv())
+                self._message(record, _transport(record).recv())
                 if record.conn is None or record.borrowed:
                     return
-                if record.transport.ready():
+                if _transport(record).ready():
                     continue  # read ahead: select would not report it
                 # (no poll() on the hot path: each call builds a new selector)
-                if not drain or not record.transport.poll():
+                if not drain or not _transport(record).poll():
                     return
         except (EOFError, OSError):
             # The container closed its end: it exited or died. The sentinel
@@ -168,7 +169,7 @@ class Containers(Tables):
                 record.watched = False
                 self._selector.unregister(record.conn)
             record.conn = None
-            record.transport.close_messages()
+            _transport(record).close_messages()
 
     def _enter_failed(self, record: ContainerRecord, error: BaseException) -> None:
         if self._abort or (self.state is PoolState.CLOSING and isinstance(error, KeyboardInterrupt)):
@@ -200,12 +201,13 @@ class Containers(Tables):
 
     def _send(self, record: ContainerRecord, *frames: bytes) -> None:
         """Send *frames* (several: in one write); a container that is dying is left to its sentinel."""
-        if record.conn is None:
+        transport = record.transport
+        if record.conn is None or transport is None:
             return
         if not record.watched:
             self._watch(record)  # (not while lent: the borrower reads the answer)
         try:
-            record.transport.send(list(frames))
+            transport.send(list(frames))
         except OSError:
             pass  # it is dying; its sentinel will tell
 
@@ -237,11 +239,11 @@ class Containers(Tables):
             record.exit_errors.append(
                 TimeoutError(f"lifepool: {record.describe()} was killed (SIGKILL) because {reason}")
             )
-        record.transport.kill()
+        _transport(record).kill()
 
     def _reap(self, record: ContainerRecord) -> None:
         """It is gone: finish its books, fail or retry its calls (``_scale`` then replaces it if the rule says so)."""
-        transport = record.transport
+        transport = _transport(record)
         if record.conn is not None:
             self._read_container(record, drain=True)  # what it sent before dying still counts
         self._unwatch_conn(record)

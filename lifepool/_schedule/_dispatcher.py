@@ -65,6 +65,7 @@ from ._calls import Call, DispatcherThread, undecodable
 from ._containers import Containers
 from ._lending import Lending
 from ._records import ContainerRecord, ContainerState, PoolState
+from ._records import transport as _transport
 from ._routing import Routing
 from ._stopping import Stopping
 
@@ -143,7 +144,7 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
         self.closed = threading.Event()
         self.closed.set()
         for call in waiting:
-            call._condition._at_fork_reinit()  # (another thread may have held it)
+            call._condition._at_fork_reinit()  # type: ignore[attr-defined]  # (another thread may have held it)
             if not call.done():
                 call.set_exception(RuntimeError(message))
 
@@ -224,7 +225,7 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
             and not self._any_pending()
         )
 
-    def _message(self, record: ContainerRecord, data: bytes) -> None:
+    def _message(self, record: ContainerRecord, data: bytes | bytearray) -> None:
         tag, call_id, flag, body = _wire.unframe(data)
         if tag == _wire.RESULT:
             self._result(record, call_id, flag, body)
@@ -260,9 +261,9 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
             record.exited = True
             logger.info("lifepool pool %r: %s exit done", self.name, record.describe())
             for blob in pickle.loads(body):
-                error = _wire.load_exception(blob)
-                add_note(error, f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
-                record.exit_errors.append(error)
+                failure = _wire.load_exception(blob)
+                add_note(failure, f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
+                record.exit_errors.append(failure)
 
     def _result(self, record: ContainerRecord, call_id: int, ok: int, body: memoryview) -> None:
         call = record.inflight.pop(call_id, None)
@@ -300,13 +301,13 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
                 self._reap(command[1])
         elif kind == "read":
             record = command[1]
-            if record.conn is not None and not record.borrowed and record.transport.buffered():
+            if record.conn is not None and not record.borrowed and _transport(record).buffered():
                 self._read_container(record)
         elif kind == "credit":
-            call, count = command[1], command[2]
-            record = call.container
-            if record is not None and call.id in record.inflight:
-                self._send(record, _wire.frame(_wire.CREDIT, call.id, 0, _wire.COUNT.pack(count)))
+            streaming: Call = command[1]
+            record = streaming.container
+            if record is not None and streaming.id in record.inflight:
+                self._send(record, _wire.frame(_wire.CREDIT, streaming.id, 0, _wire.COUNT.pack(command[2])))
         elif kind == "interrupt":
             call: Call = command[1]
             record = call.container
