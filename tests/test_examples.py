@@ -68,8 +68,9 @@ def test_quickstart_shows_the_lifecycle(tmp_path: pathlib.Path) -> None:
     stdout, stderr = run_example(EXAMPLES / "quickstart.py", tmp_path)
     shown = f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
 
-    enters = re.findall(r"^enter: container (\d+) \(pid (\d+)\)$", stdout, re.MULTILINE)
-    exits = re.findall(r"^exit: container (\d+) \(pid (\d+)\)$", stdout, re.MULTILINE)
+    # (printed in the containers: forwarded with their "[Model:<index>] " prefix)
+    enters = re.findall(r"^\[Model:(\d+)\] enter: container \1 \(pid (\d+)\)$", stdout, re.MULTILINE)
+    exits = re.findall(r"^\[Model:(\d+)\] exit: container \1 \(pid (\d+)\)$", stdout, re.MULTILINE)
     calls = {
         int(i): int(n) for i, n in re.findall(r"^calls: container (\d+) served (\d+) of \d+$", stdout, re.MULTILINE)
     }
@@ -83,7 +84,7 @@ def test_quickstart_shows_the_lifecycle(tmp_path: pathlib.Path) -> None:
     # Each container exited after the calls were done, and before the script ended.
     lines = stdout.splitlines()
     last_call = max(i for i, line in enumerate(lines) if line.startswith("calls:"))
-    first_exit = min(i for i, line in enumerate(lines) if line.startswith("exit:"))
+    first_exit = min(i for i, line in enumerate(lines) if "] exit:" in line)
     assert last_call < first_exit, shown
     assert lines[-1].startswith("pool closed"), shown
     assert_gone({int(pid) for _, pid in enters}, timeout=5.0)
