@@ -44,7 +44,7 @@ class LocalTransport(Transport):
         self.recv = self.reader.recv  # (an attribute: the fast path calls it once per call)
         if output is not None:
             output.pid = self.pid
-            self.recv = _output.receiving(self.reader.recv, output)  # drains output before results
+            self.recv = _output.receiving(self.reader.recv, self.reader.ready, output)  # drains output before results
 
     def send(self, frames: list[bytes]) -> None:
         if len(frames) == 1:

@@ -332,17 +332,28 @@ class Forwarder:
         os.close(self._wake_w)
 
 
-def receiving(recv: Callable[[], Any], output: ContainerOutput) -> Callable[[], Any]:
-    """*recv* that drains *output* on each RESULT or ITEM frame before handing it on."""
+def receiving(recv: Callable[[], Any], ready: Callable[[], bool], output: ContainerOutput) -> Callable[[], Any]:
+    """*recv* that drains *output* before handing on a RESULT or ITEM frame, once per read of the socket.
+
+    A container writes a frame's output to its pipes before it sends the
+    frame, so one drain after a read of the socket covers every frame that
+    read brought: a burst of pipelined results costs one ``poll(0)``, not one
+    per result. *ready* says whether the next frame is already read ahead.
+    """
     from ._wire import ITEM, RESULT
 
     drain = output.drain
+    owed = [False]  # a read happened since the last drain
 
     def recv_draining() -> Any:
+        if not ready():
+            owed[0] = True  # (this recv reads the socket)
         data = recv()
-        tag = data[0]
-        if tag == RESULT or tag == ITEM:
-            drain()
+        if owed[0]:
+            tag = data[0]
+            if tag == RESULT or tag == ITEM:
+                owed[0] = False
+                drain()
         return data
 
     return recv_draining
