@@ -36,6 +36,9 @@ class Transport(abc.ABC):
     pid: int | None  # shown in errors and status (None where an engine has no process id)
     messages: Any  # selectable: readable when recv() may return without blocking
     sentinel: Any  # selectable: readable once the container is gone
+    # Forwarding of the container's stdout/stderr/logging (see _output), or None: the
+    # backend's business; a transport that forwards drains it before handing on a result.
+    output: Any = None
 
     @abc.abstractmethod
     def send(self, frames: list[bytes]) -> None:

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, I
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from . import _wire
+from . import _progress, _wire
 from ._exceptions import note_origin
 from ._schedule._calls import undecodable as _undecodable
 from ._worker import STREAM_WINDOW
@@ -111,7 +111,15 @@ class _Map:
         self._method = method
         self._star = star
 
-    def __call__(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
+    def __call__(
+        self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False, progress: Any = False
+    ) -> Iterator[Any]:
+        """Results in input order (or as they finish, ``order_outputs=False``); lazy, windowed.
+
+        *return_exceptions* yields a failed input's exception instead of
+        raising it. *progress* shows a tqdm bar: True, a label, or a dict
+        of tqdm options (needs ``lifepool[progress]``).
+        """
         method = self._method
         method._not_a_generator("starmap" if self._star else "map")
         single = not self._star and len(iterables) == 1
@@ -125,16 +133,21 @@ class _Map:
             chunkable=not method.is_async,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
+            progress=_progress.make(progress, method.label, _total(iterables, self._star)) if progress else None,
         )
 
-    def aio(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
+    def aio(
+        self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False, progress: Any = False
+    ) -> AsyncIterator[Any]:
+        """``async for`` twin of ``map``/``starmap``; the inputs may be async iterables."""
         method = self._method
         method._not_a_generator("starmap.aio" if self._star else "map.aio")
         if self._star or not any(isinstance(it, AsyncIterable) for it in iterables):
             source: AsyncIterator[Any] = _async_iter(self._arg_tuples(iterables))
         else:
             source = _async_zip(*iterables)
-        return _amap(method, source, order_outputs, return_exceptions)
+        bar = _progress.make(progress, method.label, _total(iterables, self._star)) if progress else None
+        return _amap(method, source, order_outputs, return_exceptions, bar)
 
     def _arg_tuples(self, iterables: tuple[Any, ...]) -> Iterable[Any]:
         if self._star:
@@ -229,15 +242,41 @@ def map_calls(
     order_outputs: bool = True,
     return_exceptions: bool = False,
     timeout: float | None = None,
+    progress: _progress.Progress | None = None,
 ) -> Iterator[Any]:
     """Submit calls lazily with a bounded window; the first window starts now, not at first ``next``.
 
     *arg_tuples* yields argument tuples, or with *single* the one argument of each call.
+    *progress* (a bar) counts each call as it completes, and is closed when the results end.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    if chunkable and kind is None and pool._can_chunk():
-        chunked = _ChunkedMap(pool, what, label, arg_tuples, single, order_outputs, return_exceptions, deadline)
-        return chunked.results()
+    try:
+        if chunkable and kind is None and pool._can_chunk():
+            chunked = _ChunkedMap(
+                pool, what, label, arg_tuples, single, order_outputs, return_exceptions, deadline, progress
+            )
+            return chunked.results()
+        return _map_calls(
+            pool, what, label, arg_tuples, single, kind, order_outputs, return_exceptions, deadline, progress
+        )
+    except BaseException:
+        if progress is not None:
+            progress.close()
+        raise
+
+
+def _map_calls(
+    pool: LifecyclePool,
+    what: Any,
+    label: str,
+    arg_tuples: Iterable[Any],
+    single: bool,
+    kind: str | None,
+    order_outputs: bool,
+    return_exceptions: bool,
+    deadline: float | None,
+    progress: _progress.Progress | None,
+) -> Iterator[Any]:
     inputs = iter(arg_tuples)
     window = pool._window(kind)
     in_flight: collections.deque[Future[Any]] = collections.deque()
@@ -254,15 +293,20 @@ def map_calls(
             input_error.append(error)
             return False
         future = pool._spawn(what, label, (args,) if single else tuple(args), {}, kind)
+        if counted is not None:
+            future.add_done_callback(counted)
         if not order_outputs:
             future.add_done_callback(finished.put)
         in_flight.append(future)
         return True
 
+    counted = None if progress is None else progress.counting(1)
     with _abandoning_on_error(pool, in_flight):
         while len(in_flight) < window and submit_next():
             pass
-    return _results(pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline, input_error)
+    return _results(
+        pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline, input_error, progress
+    )
 
 
 @contextlib.contextmanager
@@ -318,8 +362,10 @@ class _ChunkedMap:
         order_outputs: bool,
         return_exceptions: bool,
         deadline: float | None,
+        progress: _progress.Progress | None = None,
     ) -> None:
         self.pool = pool
+        self.progress = progress
         self.what = what
         self.label = label
         # Single inputs from a list, tuple or range are taken by slicing; anything else through its iterator.
@@ -373,6 +419,8 @@ class _ChunkedMap:
         future = self.pool._make_call(chunk, self.label, (), {}, None, sink)
         self.limit_bytes(_wire.size(future.body), len(inputs))  # (before it is sent: a done call lets its body go)
         self.pool._submit(future)
+        if self.progress is not None:
+            future.add_done_callback(self.progress.counting(len(inputs)))  # (a chunk counts its inputs)
         if not self.order_outputs:
             future.add_done_callback(self.finished.put)
         self.in_flight.append((future, partial, len(inputs)))
@@ -421,6 +469,8 @@ class _ChunkedMap:
             raise
         finally:
             self.abandon(interrupt=interrupted)
+            if self.progress is not None:
+                self.progress.close()
 
     def abandon(self, *, interrupt: bool) -> None:
         """Drop the chunks still out (interrupt them with *interrupt*); their outcomes are never decoded.
@@ -532,6 +582,7 @@ def _results(
     return_exceptions: bool,
     deadline: float | None,
     input_error: list[Exception],
+    progress: _progress.Progress | None = None,
 ) -> Iterator[Any]:
     interrupted = False
     try:
@@ -558,6 +609,8 @@ def _results(
     finally:
         if in_flight:
             pool._abandon(list(in_flight), interrupt=interrupted)
+        if progress is not None:
+            progress.close()
 
 
 def _outcome(future: Future[Any], return_exceptions: bool) -> Any:
@@ -587,7 +640,11 @@ def _next_finished(finished: queue.SimpleQueue[Future[Any]], deadline: float | N
 
 
 async def _amap(
-    method: RemoteMethod, source: AsyncIterator[Any], order_outputs: bool, return_exceptions: bool
+    method: RemoteMethod,
+    source: AsyncIterator[Any],
+    order_outputs: bool,
+    return_exceptions: bool,
+    progress: _progress.Progress | None = None,
 ) -> AsyncIterator[Any]:
     pool = method._pool
     window = pool._window(method._kind)
@@ -613,6 +670,8 @@ async def _amap(
             exhausted = True
             return
         future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
+        if progress is not None:
+            future.add_done_callback(progress.counting(1))
         waiter = _awaitable(future)
         if not order_outputs:
             waiter.add_done_callback(finished.put_nowait)
@@ -642,6 +701,8 @@ async def _amap(
     finally:
         if in_flight:
             pool._abandon([f for f, _ in in_flight], interrupt=interrupted)
+        if progress is not None:
+            progress.close()
 
 
 async def _async_iter(iterable: Any) -> AsyncIterator[Any]:
@@ -711,3 +772,11 @@ async def _astream(pool: LifecyclePool, future: Future[Any], get: Any) -> AsyncI
             yield value
     finally:
         reader.close()
+
+
+def _total(iterables: tuple[Any, ...], star: bool) -> int | None:
+    """How many calls ``map(*iterables)`` makes, if the inputs have lengths (a bar's total)."""
+    lengths = [_progress.length(iterable) for iterable in iterables]
+    if not lengths or None in lengths:
+        return None
+    return min(lengths)  # type: ignore[type-var]

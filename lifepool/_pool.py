@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import _hooks, _options, _signals, _wire, _worker
+from . import _hooks, _options, _output, _progress, _signals, _wire, _worker
 from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod, map_calls
@@ -96,6 +96,19 @@ class LifecyclePool(concurrent.futures.Executor):
         container index (replacements of container *i* get the same).
     cwd
         Working directory of each container, entered before its target is unpickled.
+    forward_output
+        Forward what each container writes to its stdout and stderr (prints,
+        C extensions, subprocesses) to this process's *current*
+        ``sys.stdout``/``sys.stderr``, whole lines, each with *output_prefix*,
+        and its ``logging`` records to this process's ``logging`` (with
+        ``container_index`` and ``container_pid`` attributes). Default True;
+        False leaves the containers' file descriptors 1 and 2 the parent's,
+        unprefixed, and their logging their own. See ``docs/architecture.md``.
+    output_prefix
+        The prefix of each forwarded line: a format string with the fields
+        ``{class}``, ``{index}``, ``{pid}`` and ``{pool}`` (default
+        ``"[{class}:{index}] "``), a callable ``prefix(index) -> str``, or
+        None for no prefix.
     """
 
     def __init__(
@@ -118,6 +131,8 @@ class LifecyclePool(concurrent.futures.Executor):
         backend: str | Backend | None = None,
         env: dict[str, str | None] | Callable[[int], dict[str, str | None]] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        forward_output: bool = True,
+        output_prefix: str | Callable[[int], str] | None = _output.DEFAULT_PREFIX,
     ) -> None:
         self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         if _worker.importing_target():
@@ -142,6 +157,8 @@ class LifecyclePool(concurrent.futures.Executor):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
         environment = _options.environment(env, cwd, maximum)
+        if not isinstance(forward_output, bool):
+            raise TypeError(f"forward_output must be a bool, not {type(forward_output).__name__}")
         if inspect.isroutine(target) or inspect.ismodule(target):
             raise TypeError(f"target must be a class or an instance of one, not {target!r}")
         try:
@@ -156,6 +173,9 @@ class LifecyclePool(concurrent.futures.Executor):
         self._max_inputs = max_inputs
         self._capacity = maximum * max_inputs
         self.name = name or f"pool-{next(_pool_names)}"
+        output = _output.OutputOptions(output_prefix, self._info.name, self.name)  # (validated either way)
+        if not forward_output:
+            output = None
         self._handles: dict[str, RemoteMethod] = {}
         self._exit_errors_reported = False
         _signals.note_shown_errors()  # (an error shown before this pool existed cannot end the program at exit)
@@ -176,6 +196,7 @@ class LifecyclePool(concurrent.futures.Executor):
                 "batched": self._info.batched,
                 "authkey": _options.authkey(),
                 "environment": environment,
+                "output": output,
             },
             on_closed=_forget,
         )
@@ -244,11 +265,22 @@ class LifecyclePool(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: Any = False,
     ) -> Iterator[Any]:
-        """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed)."""
+        """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed).
+
+        *progress* shows a tqdm bar: True, a label, or a dict of tqdm options
+        (needs ``lifepool[progress]``). *chunksize* is accepted for
+        compatibility; lifepool sizes chunks by itself.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         single = len(iterables) == 1
+        bar = None
+        if progress:
+            lengths = [_progress.length(iterable) for iterable in iterables]
+            total = None if not lengths or None in lengths else min(lengths)  # type: ignore[type-var]
+            bar = _progress.make(progress, _label(fn), total)
         return map_calls(
             self,
             fn,
@@ -257,6 +289,7 @@ class LifecyclePool(concurrent.futures.Executor):
             single=single,
             chunkable=not inspect.iscoroutinefunction(fn),
             timeout=timeout,
+            progress=bar,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -58,6 +58,7 @@ class Tables:
             "exit_grace_period": self.grace,
             "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
             "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
+            "output": options.get("output"),  # forward_output (the backend's: see _local, _output)
         }
 
         # Shared with other threads: append-only from them, drained by the dispatcher.
