@@ -34,7 +34,7 @@ import queue
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from . import _progress, _wire
 from ._exceptions import note_origin
@@ -45,8 +45,11 @@ if TYPE_CHECKING:
     from ._pool import LifecyclePool
     from ._schedule import Call
 
+P = ParamSpec("P")  # the method's parameters (without self)
+R = TypeVar("R")  # what the method returns (for an async method: what it awaits to)
 
-class RemoteMethod:
+
+class RemoteMethod(Generic[P, R]):
     """A method of the pool's target class, callable in the containers.
 
     ``call``/``remote`` block and return the result, ``spawn`` returns a
@@ -55,25 +58,26 @@ class RemoteMethod:
     ``map``, ``starmap`` and ``remote_gen`` has an ``.aio`` twin.
     """
 
-    def __init__(self, pool: LifecyclePool, name: str) -> None:
+    def __init__(self, pool: LifecyclePool[Any], name: str) -> None:
         self._pool = pool
         self.name = name
         self.label = f"{pool._info.name}.{name}"
         self.is_generator = name in pool._info.generators
         self.is_async = inspect.iscoroutinefunction(inspect.getattr_static(pool._target_class, name, None))
         self._kind = name if name in pool._info.batched else None
-        self.call = self.remote = _Call(self)
-        self.map = _Map(self, star=False)
-        self.starmap = _Map(self, star=True)
-        self.remote_gen = _Stream(self)
+        self.call: _Call[P, R] = _Call(self)
+        self.remote: _Call[P, R] = self.call
+        self.map: _Map[R] = _Map(self, star=False)
+        self.starmap: _Map[R] = _Map(self, star=True)
+        self.remote_gen: _Stream[P] = _Stream(self)
 
     def __repr__(self) -> str:
         return f"<lifepool method {self.label} of {self._pool!r}>"
 
-    def spawn(self, *args: Any, **kwargs: Any) -> Future[Any]:
+    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Start the call in a container and return its ``concurrent.futures.Future``."""
         self._not_a_generator("spawn")
-        return self._pool._spawn(self.name, self.label, args, kwargs, self._kind)
+        return cast("Future[R]", self._pool._spawn(self.name, self.label, args, kwargs, self._kind))
 
     def _not_a_generator(self, how: str) -> None:
         if self.is_generator:
@@ -83,37 +87,37 @@ class RemoteMethod:
             )
 
 
-class _Call:
+class _Call(Generic[P, R]):
     """``handle.call(...)`` blocks; ``await handle.call.aio(...)`` does not."""
 
-    def __init__(self, method: RemoteMethod) -> None:
+    def __init__(self, method: RemoteMethod[P, R]) -> None:
         self._method = method
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         method = self._method
         if method.is_generator:
             method._not_a_generator("call")
         ok, outcome = method._pool._run_blocking(method.name, method.label, args, kwargs)
         if ok:
-            return outcome
+            return cast(R, outcome)
         # Raised from here, the traceback reads: your line, this one, then the
         # container's frames.
         raise outcome
 
-    async def aio(self, *args: Any, **kwargs: Any) -> Any:
-        return await await_future(self._method._pool, self._method.spawn(*args, **kwargs))
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, await await_future(self._method._pool, self._method.spawn(*args, **kwargs)))
 
 
-class _Map:
+class _Map(Generic[R]):
     """``handle.map(*iterables)`` / ``handle.starmap(iterable)``, and their ``.aio`` twins."""
 
-    def __init__(self, method: RemoteMethod, *, star: bool) -> None:
+    def __init__(self, method: RemoteMethod[Any, R], *, star: bool) -> None:
         self._method = method
         self._star = star
 
     def __call__(
         self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False, progress: Any = False
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """Results in input order (or as they finish, ``order_outputs=False``); lazy, windowed.
 
         *return_exceptions* yields a failed input's exception instead of
@@ -138,7 +142,7 @@ class _Map:
 
     def aio(
         self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False, progress: Any = False
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[R]:
         """``async for`` twin of ``map``/``starmap``; the inputs may be async iterables."""
         method = self._method
         method._not_a_generator("starmap.aio" if self._star else "map.aio")
@@ -153,14 +157,14 @@ class _Map:
         if self._star:
             if len(iterables) != 1:
                 raise TypeError("starmap() takes one iterable of argument tuples")
-            return iterables[0]
+            return cast(Iterable[Any], iterables[0])
         return zip(*iterables)
 
 
-class _Stream:
+class _Stream(Generic[P]):
     """``for item in handle.remote_gen(...)``; ``async for item in handle.remote_gen.aio(...)``."""
 
-    def __init__(self, method: RemoteMethod) -> None:
+    def __init__(self, method: RemoteMethod[P, Any]) -> None:
         self._method = method
 
     def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any], sink: Any) -> Future[Any]:
@@ -169,12 +173,12 @@ class _Stream:
             raise TypeError(f"{method.label} is not a generator method: call it with .call() or .spawn()")
         return method._pool._spawn(method.name, method.label, args, kwargs, None, sink)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
         items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         future = self._start(args, kwargs, items.put)
         return _stream(self._method._pool, future, items.get)
 
-    def aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    def aio(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -185,7 +189,7 @@ class _Stream:
         return _astream(self._method._pool, future, items.get)
 
 
-async def await_future(pool: LifecyclePool, future: Future[Any]) -> Any:
+async def await_future(pool: LifecyclePool[Any], future: Future[Any]) -> Any:
     """Await *future* without blocking the loop; cancelling the awaiting task cancels the call."""
     try:
         return await _awaitable(future)
@@ -231,7 +235,7 @@ def _awaitable(future: Future[Any]) -> asyncio.Future[Any]:
 
 
 def map_calls(
-    pool: LifecyclePool,
+    pool: LifecyclePool[Any],
     what: Any,
     label: str,
     arg_tuples: Iterable[Any],
@@ -266,7 +270,7 @@ def map_calls(
 
 
 def _map_calls(
-    pool: LifecyclePool,
+    pool: LifecyclePool[Any],
     what: Any,
     label: str,
     arg_tuples: Iterable[Any],
@@ -310,7 +314,7 @@ def _map_calls(
 
 
 @contextlib.contextmanager
-def _abandoning_on_error(pool: LifecyclePool, futures: Iterable[Any]) -> Iterator[None]:
+def _abandoning_on_error(pool: LifecyclePool[Any], futures: Iterable[Any]) -> Iterator[None]:
     """If submitting the first window fails (or is interrupted), drop what was submitted.
 
     The caller never gets the iterator, so nobody else will: a Ctrl-C landing
@@ -354,7 +358,7 @@ class _ChunkedMap:
 
     def __init__(
         self,
-        pool: LifecyclePool,
+        pool: LifecyclePool[Any],
         what: Any,
         label: str,
         inputs: Iterable[Any],
@@ -401,9 +405,9 @@ class _ChunkedMap:
                 self.inputs = iter(())
             return inputs  # (extend keeps what came before the error)
         start = self.position
-        inputs = self.sequence[start : start + self.size]
-        self.position = start + len(inputs)
-        return inputs
+        sliced = self.sequence[start : start + self.size]
+        self.position = start + len(sliced)
+        return sliced
 
     def submit_next(self) -> bool:
         inputs = self.take()
@@ -429,11 +433,11 @@ class _ChunkedMap:
     def results(self) -> Iterator[Any]:
         """The values, one per input: a C iterator over the lists :meth:`chunk_values` makes."""
         chunks = self.chunk_values()
-        results = _MapResults.from_iterable(chunks)
+        results = cast(_MapResults, _MapResults.from_iterable(chunks))
         results._chunks, results._map = chunks, self
         return results
 
-    def chunk_values(self) -> Iterator[list[Any]]:
+    def chunk_values(self) -> Generator[Iterable[Any], None, None]:
         """The values of each chunk as it finishes; raise the first error unless ``return_exceptions``.
 
         Dropping the iterator before the end abandons the chunks still out.
@@ -486,7 +490,7 @@ class _ChunkedMap:
             future.add_done_callback(functools.partial(_discard_outcomes, partial))
         self.in_flight.clear()
 
-    def outcomes(self, future: Call, partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
+    def outcomes(self, future: Future[Any], partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
         """The values of a finished chunk, one per input, and the positions that hold an exception.
 
         Also adapts the chunk size to how long the inputs took.
@@ -508,12 +512,12 @@ class _ChunkedMap:
                 values.extend(_wire.loads(values_blob))
             except Exception as decoding:  # noqa: BLE001 - those inputs fail, the map goes on
                 # How many values it held went with it: the rest of the chunk gets the error.
-                error = _undecodable(future, decoding)
+                error = _undecodable(cast("Call", future), decoding)
                 for blob, _ in segments[index + 1 :]:
                     _wire.discard(blob)
                 break
             for position, blob in errors.items():
-                values[offset + position] = self.error(future, _wire.load_exception(blob))
+                values[offset + position] = self.error(cast("Call", future), _wire.load_exception(blob))
                 failed.add(offset + position)
         # Inputs whose outcome never came back (the container died, or the chunk was interrupted).
         failed.update(range(len(values), count))
@@ -530,7 +534,13 @@ class _ChunkedMap:
         return exc
 
 
-class _HandedOut(map):
+if TYPE_CHECKING:
+    _Map_ = map[Any]
+else:
+    _Map_ = map  # (the built-in map cannot be subscripted at run time)
+
+
+class _HandedOut(_Map_):
     """An iterator over a chunk's *values* that drops each value as it hands it out (bpo-14406).
 
     A list iterator would keep every value of the chunk alive until the last
@@ -538,6 +548,9 @@ class _HandedOut(map):
     would hold a chunk of them. This pops them instead (the list is reversed
     once), at C speed: ``map(values.pop, repeat(-1, n))``.
     """
+
+    _values: list[Any]
+    _counts: Iterator[int]
 
     def __new__(cls, values: list[Any]) -> _HandedOut:
         values.reverse()
@@ -561,10 +574,10 @@ def _discard_outcomes(partial: list[Any], future: Future[Any]) -> None:
         _wire.discard(values_blob)
 
 
-class _MapResults(itertools.chain):
+class _MapResults(itertools.chain[Any]):
     """What ``map`` returns for chunked inputs: a chain of each chunk's values, closable like a generator."""
 
-    _chunks: Generator[list[Any], None, None]
+    _chunks: Generator[Iterable[Any], None, None]
     _map: _ChunkedMap
 
     def close(self) -> None:
@@ -574,7 +587,7 @@ class _MapResults(itertools.chain):
 
 
 def _results(
-    pool: LifecyclePool,
+    pool: LifecyclePool[Any],
     in_flight: collections.deque[Future[Any]],
     finished: queue.SimpleQueue[Future[Any]],
     submit_next: Any,
@@ -640,7 +653,7 @@ def _next_finished(finished: queue.SimpleQueue[Future[Any]], deadline: float | N
 
 
 async def _amap(
-    method: RemoteMethod,
+    method: RemoteMethod[Any, Any],
     source: AsyncIterator[Any],
     order_outputs: bool,
     return_exceptions: bool,
@@ -726,7 +739,7 @@ async def _async_zip(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
 class _StreamReader:
     """What a stream's consumer does with each message, shared by the sync and async consumers."""
 
-    def __init__(self, pool: LifecyclePool, future: Future[Any]) -> None:
+    def __init__(self, pool: LifecyclePool[Any], future: Future[Any]) -> None:
         self.pool = pool
         self.future = future
         self.taken = 0
@@ -750,7 +763,7 @@ class _StreamReader:
             self.pool._abandon([self.future], interrupt=True)  # stops the generator in its container
 
 
-def _stream(pool: LifecyclePool, future: Future[Any], get: Any) -> Iterator[Any]:
+def _stream(pool: LifecyclePool[Any], future: Future[Any], get: Any) -> Iterator[Any]:
     reader = _StreamReader(pool, future)
     try:
         while True:
@@ -762,7 +775,7 @@ def _stream(pool: LifecyclePool, future: Future[Any], get: Any) -> Iterator[Any]
         reader.close()
 
 
-async def _astream(pool: LifecyclePool, future: Future[Any], get: Any) -> AsyncIterator[Any]:
+async def _astream(pool: LifecyclePool[Any], future: Future[Any], get: Any) -> AsyncIterator[Any]:
     reader = _StreamReader(pool, future)
     try:
         while True:

@@ -18,9 +18,9 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVar, Unpack, cast, overload
 
 from . import _hooks, _options, _output, _progress, _signals, _wire, _worker
 from ._backend import Backend
@@ -32,6 +32,10 @@ from ._status import PoolStatus
 logger = logging.getLogger("lifepool")
 
 
+T = TypeVar("T")  # the target's class
+P = ParamSpec("P")  # a method's parameters (without self)
+R = TypeVar("R")  # a method's result
+
 _call_ids = itertools.count(1)
 _pool_names = itertools.count(1)
 
@@ -40,7 +44,28 @@ _live: set[Dispatcher] = set()
 _live_lock = threading.Lock()
 
 
-class LifecyclePool(concurrent.futures.Executor):
+class PoolOptions(TypedDict, total=False):
+    """The pool's keyword options, for the overloads of ``LifecyclePool.__init__`` (see it for their meaning)."""
+
+    min_containers: int | None
+    max_containers: int | None
+    scaledown_window: float
+    max_inputs: int
+    exit_grace_period: float
+    start_method: str | None
+    name: str | None
+    timeout: float | None
+    retries: int
+    max_calls_per_container: int | None
+    handle_sigterm: bool
+    backend: str | Backend | None
+    env: dict[str, str | None] | Callable[[int], dict[str, str | None]] | None
+    cwd: str | os.PathLike[str] | None
+    forward_output: bool
+    output_prefix: str | Callable[[int], str] | None
+
+
+class LifecyclePool(concurrent.futures.Executor, Generic[T]):
     """A pool of containers, each running *target*'s enter hook once, many calls, and its exit hook once.
 
     See the README for the whole contract; the arguments:
@@ -111,6 +136,15 @@ class LifecyclePool(concurrent.futures.Executor):
         None for no prefix.
     """
 
+    _dispatcher: Dispatcher  # set last in __init__: __getattr__ and __repr__ look for it
+
+    # Two overloads bind T, the target's class, for a class and for an instance
+    # (LifecyclePool(Model) and LifecyclePool(Model(size="large")) are both
+    # LifecyclePool[Model]); the implementation below has the real signature.
+    @overload
+    def __init__(self, target: type[T], /, containers: int | None = None, **options: Unpack[PoolOptions]) -> None: ...
+    @overload
+    def __init__(self, target: T, /, containers: int | None = None, **options: Unpack[PoolOptions]) -> None: ...
     def __init__(
         self,
         target: Any,
@@ -134,7 +168,6 @@ class LifecyclePool(concurrent.futures.Executor):
         forward_output: bool = True,
         output_prefix: str | Callable[[int], str] | None = _output.DEFAULT_PREFIX,
     ) -> None:
-        self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         if _worker.importing_target():
             raise RuntimeError(
                 "a lifepool pool cannot be made while a container imports its target's module: the module "
@@ -173,10 +206,10 @@ class LifecyclePool(concurrent.futures.Executor):
         self._max_inputs = max_inputs
         self._capacity = maximum * max_inputs
         self.name = name or f"pool-{next(_pool_names)}"
-        output = _output.OutputOptions(output_prefix, self._info.name, self.name)  # (validated either way)
+        output: _output.OutputOptions | None = _output.OutputOptions(output_prefix, self._info.name, self.name)
         if not forward_output:
-            output = None
-        self._handles: dict[str, RemoteMethod] = {}
+            output = None  # (the prefix is validated either way)
+        self._handles: dict[str, RemoteMethod[..., Any]] = {}
         self._exit_errors_reported = False
         _signals.note_shown_errors()  # (an error shown before this pool existed cannot end the program at exit)
         dispatcher = Dispatcher(
@@ -210,7 +243,7 @@ class LifecyclePool(concurrent.futures.Executor):
         weakref.finalize(self, _abandoned, dispatcher)
 
     def __repr__(self) -> str:
-        dispatcher = self._dispatcher
+        dispatcher: Dispatcher | None = self.__dict__.get("_dispatcher")
         if dispatcher is None:
             return f"<LifecyclePool (not made) at {id(self):#x}>"
         # (read without the tables' lock: a repr must never wait, nor hang in a done callback)
@@ -231,7 +264,8 @@ class LifecyclePool(concurrent.futures.Executor):
         return self._dispatcher.status()
 
     # -- method handles ---------------------------------------------------
-    def __getattr__(self, name: str) -> RemoteMethod:
+    def __getattr__(self, name: str) -> RemoteMethod[..., Any]:
+        """``pool.NAME``: the handle of the target's public method NAME (see :meth:`method` for a typed one)."""
         if name.startswith("_") or self.__dict__.get("_dispatcher") is None:
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}"
@@ -243,8 +277,22 @@ class LifecyclePool(concurrent.futures.Executor):
         self.__dict__[name] = handle
         return handle
 
-    def method(self, name: str) -> RemoteMethod:
-        """The handle of the target's public method *name* (also those the pool's own names hide)."""
+    @overload
+    def method(self, name: Callable[Concatenate[T, P], Awaitable[R]], /) -> RemoteMethod[P, R]: ...
+    @overload
+    def method(self, name: Callable[Concatenate[T, P], R], /) -> RemoteMethod[P, R]: ...
+    @overload
+    def method(self, name: str, /) -> RemoteMethod[..., Any]: ...
+    def method(self, name: Any, /) -> RemoteMethod[..., Any]:
+        """The handle of a public method of the target, by *name* or as the function itself.
+
+        ``pool.method("map")`` reaches a method whose name the pool itself uses.
+        ``pool.method(Model.predict)`` is the same handle as ``pool.predict``,
+        typed for a checker: ``pool.method(Model.predict).call(x)`` has the
+        type ``Model.predict`` returns, and its arguments are checked.
+        """
+        if not isinstance(name, str):
+            name = self._method_name(name)
         handle = self._handles.get(name)
         if handle is None:
             if name not in self._info.methods:
@@ -252,21 +300,34 @@ class LifecyclePool(concurrent.futures.Executor):
             handle = self._handles[name] = RemoteMethod(self, name)
         return handle
 
+    def _method_name(self, function: Any) -> str:
+        """The name of the target's method *function* (``Model.predict``), checked to be that method."""
+        name = getattr(function, "__name__", None)
+        found = None if not isinstance(name, str) else inspect.getattr_static(self._target_class, name, None)
+        if isinstance(found, (staticmethod, classmethod)):
+            found = found.__func__
+        if name is None or found is not function:
+            raise TypeError(
+                f"method() takes a method name or a method of {self._info.name} (such as "
+                f"{self._info.name}.{next(iter(self._info.methods), 'predict')}), not {function!r}"
+            )
+        return str(name)
+
     # -- Executor API -------------------------------------------------------
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` in some container; ``lifepool.current_container()`` works there."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
-        return self._spawn(fn, _label(fn), args, kwargs)
+        return cast("Future[R]", self._spawn(fn, _label(fn), args, kwargs))
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
         progress: Any = False,
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed).
 
         *progress* shows a tqdm bar: True, a label, or a dict of tqdm options
@@ -311,7 +372,7 @@ class LifecyclePool(concurrent.futures.Executor):
         if errors:
             raise ExitHookError(f"exit hooks failed in pool {self.name!r}", errors)
 
-    def __enter__(self) -> LifecyclePool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -413,7 +474,7 @@ class LifecyclePool(concurrent.futures.Executor):
             call.cancel()
             raise
 
-    def _abandon(self, futures: list[Call], *, interrupt: bool) -> None:
+    def _abandon(self, futures: Iterable[Future[Any]], *, interrupt: bool) -> None:
         """Cancel queued calls among *futures*; with *interrupt*, interrupt the running ones."""
         for future in futures:
             if not future.cancel() and interrupt and not future.done():
@@ -430,7 +491,7 @@ class LifecyclePool(concurrent.futures.Executor):
         dispatcher = self._dispatcher
         return dispatcher.timeout is None and dispatcher.retries == 0 and dispatcher.max_calls is None
 
-    def _grant(self, future: Call, count: int) -> None:
+    def _grant(self, future: Future[Any], count: int) -> None:
         """Let a stream's container send *count* more items."""
         self._dispatcher.control("credit", future, count)
 
@@ -558,7 +619,7 @@ def _at_interpreter_exit() -> None:
         _signals.interrupted_at_exit(interrupt)
 
 
-threading._register_atexit(_at_interpreter_exit)
+threading._register_atexit(_at_interpreter_exit)  # type: ignore[attr-defined]  # (before the interpreter's own exit waits)
 
 
 def _after_fork_in_child() -> None:

@@ -32,6 +32,11 @@ import types
 from . import _shm
 from ._exceptions import RemoteError
 
+TYPE_CHECKING = False  # (not typing's: a container imports this module at start, and never typing)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
 # Every message is one frame: a fixed header (tag, call id, flag) followed by
 # an optional body. The header is decoded without unpickling anything, so a
 # body that fails to decode still tells which call it belonged to.
@@ -230,7 +235,7 @@ class Chunk:
 
     __slots__ = ("inputs", "star", "what")
 
-    def __init__(self, what, inputs: list, star: bool = True) -> None:
+    def __init__(self, what: Any, inputs: Sequence[Any], star: bool = True) -> None:
         self.what = what  # method name, or a callable
         self.inputs = inputs
         self.star = star
