@@ -292,7 +292,7 @@ class Forwarder:
             pass  # (not registered yet, or the selector is closed)
 
     def _command(self, *command: Any) -> None:
-        self._commands.append(command)  # type: ignore[arg-type]
+        self._commands.append(command)
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
@@ -399,7 +399,7 @@ def _install_handler(logging: Any, fd: int, level: int) -> None:
 
 
 def _handler_class(logging: Any) -> Any:
-    class PipeHandler(logging.Handler):
+    class PipeHandler(logging.Handler):  # type: ignore[misc]  # (logging is imported lazily, passed in)
         """Sends each record to the parent, whose logging handles it (``container_index``/``_pid`` added)."""
 
         def __init__(self, fd: int) -> None:
