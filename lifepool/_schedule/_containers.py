@@ -24,6 +24,8 @@ logger = logging.getLogger("lifepool")
 
 
 class Containers(Tables):
+    """Each container's life, from its start to its reaping, and how many there are."""
+
     def _start_container(self, index: int) -> None:
         previous = self.slots[index]
         generation = 0 if previous is None else previous.generation + 1

@@ -26,6 +26,8 @@ from ._tables import Tables
 
 
 class Lending(Tables):
+    """The fast path: lend an idle container to a blocking caller for one call, and take it back."""
+
     def borrow(self, call: Call) -> ContainerRecord | None:
         """Fast path: lend an idle container to the calling thread for *call*, or None.
 

@@ -35,6 +35,8 @@ SEND_AHEAD = 16
 
 
 class Tables:
+    """The dispatcher's tables and the few operations every part of it uses."""
+
     def __init__(self, pool_name: str, target_blob: bytes, class_name: str, options: dict[str, Any]) -> None:
         self.name = pool_name
         self.owner_pid = os.getpid()  # the process the pool belongs to (see Dispatcher.forget_after_fork)
