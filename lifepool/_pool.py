@@ -33,7 +33,7 @@ from ._status import PoolStatus
 logger = logging.getLogger("lifepool")
 
 START_METHODS = ("exec", "loky", "spawn", "forkserver")
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
 DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
 
 _call_ids = itertools.count(1)
@@ -92,7 +92,10 @@ class LifecyclePool(concurrent.futures.Executor):
         (see ``lifepool/_signals.py``). Default True.
     backend
         What runs the containers: ``"local"`` (the default: processes on this
-        machine, started with *start_method*).
+        machine, started with *start_method*), ``"ray"`` (one Ray actor per
+        container, on the cluster at ``RAY_ADDRESS`` or a local Ray; needs
+        ``pip install "lifepool[ray]"``), or a backend object such as
+        ``lifepool.RayBackend(address=..., num_gpus=1)``.
     env
         Environment variables set in each container before its target is
         unpickled: a dict (``None`` as a value unsets the variable), or a
@@ -148,8 +151,10 @@ class LifecyclePool(concurrent.futures.Executor):
         environment = _environment(env, cwd, maximum)
         if inspect.isroutine(target) or inspect.ismodule(target):
             raise TypeError(f"target must be a class or an instance of one, not {target!r}")
+        # Containers on other machines cannot map this machine's shared memory.
+        self._dumps = _wire.dumps if engine.shared_memory else _wire.dumps_inline
         try:
-            target_blob = _wire.dumps(target)
+            target_blob = self._dumps(target)
         except Exception as error:
             raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
 
@@ -163,6 +168,7 @@ class LifecyclePool(concurrent.futures.Executor):
         self._handles: dict[str, RemoteMethod] = {}
         self._exit_errors_reported = False
         _signals.note_shown_errors()  # (an error shown before this pool existed cannot end the program at exit)
+        engine.open(maximum)  # (closed by the dispatcher when it ends)
         dispatcher = Dispatcher(
             self.name,
             target_blob,
@@ -359,7 +365,7 @@ class LifecyclePool(concurrent.futures.Executor):
         """
         self._dispatcher.check_accepting()
         try:
-            body = _wire.dumps((what, args, kwargs))
+            body = self._dumps((what, args, kwargs))
         except Exception as error:
             add_note(error, f"lifepool: the arguments of {label} could not be pickled")
             raise
@@ -630,6 +636,12 @@ def _backend(backend: Any, start_method: str | None) -> Backend:
         raise TypeError(f"backend must be one of {BACKENDS} or a lifepool backend object, not {backend!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "ray":
+        if start_method is not None:
+            raise ValueError('start_method is for backend="local"; Ray containers always start with "exec"')
+        from ._ray import RayBackend  # (the ImportError without ray names the extra)
+
+        return RayBackend()
     from ._local import LocalBackend
 
     return LocalBackend(_context(start_method or "exec"))

@@ -58,6 +58,7 @@ class Tables:
             "exit_grace_period": self.grace,
             "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
             "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
+            "shared_memory": self.backend.shared_memory,  # False: encode everything inline (see _worker.main)
         }
 
         # Shared with other threads: append-only from them, drained by the dispatcher.
