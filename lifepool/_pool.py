@@ -631,6 +631,8 @@ def _backend(backend: Any, start_method: str | None) -> Backend:
     if backend is None:
         backend = DEFAULT_BACKEND
     if isinstance(backend, Backend):
+        if start_method is not None and backend.name != "local":
+            raise ValueError(f"start_method is for the local backend, not for {backend!r}")
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be one of {BACKENDS} or a lifepool backend object, not {backend!r}")

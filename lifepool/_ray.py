@@ -48,6 +48,7 @@ Ray is imported only here, and this module only when ``backend="ray"`` or
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
@@ -73,6 +74,9 @@ _BATCH_BYTES = 8 << 20  # a poll returns at most about this much (the rest comes
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
 
 
+_UNKNOWN = object()
+
+
 class _Host:
     """The Ray actor: parent of one container process, relaying bytes between it and the driver."""
 
@@ -83,6 +87,7 @@ class _Host:
         self._next_seq = 0
         self._held: dict[int, tuple[list[bytes], int]] = {}
         self._eof = False
+        self._code: Any = _UNKNOWN  # its exit status once reaped
 
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> int:
         """Start the container on this node (exec start method); its pid."""
@@ -148,16 +153,18 @@ class _Host:
                     size += len(data)
                 readable, _, _ = select.select([fd], [], [], 0)
         if self._eof and size == 0:
-            code = transport.reap()  # (the socket closed: it has exited, or is about to)
-            return b"", True, code
+            if self._code is _UNKNOWN:
+                self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
+            return b"", True, self._code
         return b"".join(parts), False, None
 
 
 class RayTransport(Transport):
     """The driver's end of one actor-hosted container: a socketpair and a pipe fed by a bridge thread."""
 
-    def __init__(self, actor: Any, name: str) -> None:
+    def __init__(self, actor: Any, started: Any, name: str) -> None:
         self.actor = actor
+        self._started = started  # the ref of actor.start(): the container's pid
         self.pid: int | None = None  # (the container's pid is on its node; the container reports it itself)
         self._ours, self._theirs = socket.socketpair()
         self.messages = self._ours
@@ -176,22 +183,25 @@ class RayTransport(Transport):
     def _relay(self) -> None:
         """Long-poll the actor, write what the container sent into the socketpair; at the end, the sentinel."""
         try:
-            ref = self.actor.poll.remote(_POLL_SECONDS)
+            self.pid = ray.get(self._started)  # (before any frame: the pool learns it with ENTERED)
+            # Two polls in flight: when one returns, the next already waits in
+            # the actor, so a reply is never held up by a poll's submission.
+            polls = collections.deque(self.actor.poll.remote(_POLL_SECONDS) for _ in range(2))
             while True:
-                data, ended, code = ray.get(ref)
+                data, ended, code = ray.get(polls.popleft())
+                if data:
+                    self._theirs.sendall(data)
                 if ended:
                     self.status = code
                     break
-                ref = self.actor.poll.remote(_POLL_SECONDS)  # (in flight while this batch is written)
-                if data:
-                    self._theirs.sendall(data)
+                polls.append(self.actor.poll.remote(_POLL_SECONDS))
         except ray.exceptions.RayActorError as error:
             logger.warning("lifepool: the Ray actor of a container died: %s", _first_line(error))
         except ray.exceptions.RayTaskError as error:
             logger.error("lifepool: a container could not start in its Ray actor: %s", error)
         except OSError:
             pass  # the driver's end is closed (the pool gave up on it)
-        except BaseException:  # noqa: BLE001 - the dispatcher must hear of the end whatever happened
+        except BaseException:
             logger.exception("lifepool: the bridge to a Ray container failed")
         finally:
             self._gone = True
@@ -349,8 +359,8 @@ class RayBackend(Backend):
         if self.runtime_env is not None:
             actor_options["runtime_env"] = self.runtime_env
         actor = _Actor.options(**actor_options).remote()
-        actor.start.remote(index, target_blob, options)
-        return RayTransport(actor, f"{options['pool_name']}-{index}")
+        started = actor.start.remote(index, target_blob, options)
+        return RayTransport(actor, started, f"{options['pool_name']}-{index}")
 
     def close(self) -> None:
         with self._lock:

@@ -22,6 +22,8 @@ from targets import (
 import lifepool
 from lifepool._worker import STREAM_WINDOW
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))

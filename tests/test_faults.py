@@ -16,6 +16,8 @@ from targets import CrashOnEnter, Fragile, wait_for_path
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def test_crash_fails_the_call_with_details_and_the_pool_keeps_serving(hookdir, caplog):
     caplog.set_level(logging.INFO, logger="lifepool")

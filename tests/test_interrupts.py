@@ -22,6 +22,8 @@ from conftest import assert_gone, markers
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 PRELUDE = textwrap.dedent(
     """
     import logging, os, pathlib, sys, time, threading, traceback, signal

@@ -24,6 +24,8 @@ from targets import (
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def test_enter_and_exit_run_once_per_container(hookdir):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=3) as pool:
