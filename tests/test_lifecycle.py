@@ -340,6 +340,7 @@ def test_an_exit_hook_past_the_grace_period_is_killed_and_reported(hookdir, capl
 
 
 @pytest.mark.parametrize("start_method", ["exec", "loky", "spawn", "forkserver"])
+@pytest.mark.local_only("start_method= chooses how local processes start (Ray containers always start with exec)")
 def test_every_start_method_runs_the_lifecycle(hookdir, start_method):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=1, start_method=start_method) as pool:
         assert pool.double.call(21) == 42
