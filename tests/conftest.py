@@ -117,6 +117,10 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         marker = request.node.get_closest_marker("local_only")
         if marker is not None:
             pytest.skip(f"local only: {marker.args[0]}")
+        if request.node.get_closest_marker("slow") is not None:
+            # CI time: every pool on Ray starts one Ray worker process per container
+            # (seconds here); the soak tests' crashes and recycling run on the local leg.
+            pytest.skip("soak test: run on the local backend only, to keep the Ray leg short")
         request.getfixturevalue("ray_session")
         import lifepool
 
