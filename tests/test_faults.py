@@ -243,7 +243,7 @@ ORPHAN_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.local_only("a driver killed by SIGKILL: Ray ends its actors in-process, and their containers: no exit hook")
+@pytest.mark.local_only("driver SIGKILLed: Ray ends its actors in-process, and their containers: no exit hooks")
 @pytest.mark.parametrize("how", ["clean-exit", "hung-exit-hook", "call-swallows-the-interrupt"])
 def test_kill_minus_nine_of_the_parent_leaves_no_orphans(hookdir, tmp_path, how):
     script = tmp_path / "orphan.py"
