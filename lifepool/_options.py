@@ -15,7 +15,7 @@ from . import _launch
 from ._backend import Backend
 
 START_METHODS = ("exec", "loky", "spawn", "forkserver")
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
 DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
 
 
@@ -66,11 +66,19 @@ def engine(backend: Any, start_method: str | None) -> Backend:
     if backend is None:
         backend = DEFAULT_BACKEND
     if isinstance(backend, Backend):
+        if start_method is not None and backend.name != "local":
+            raise ValueError(f"start_method is for the local backend, not for {backend!r}")
         return backend
     if not isinstance(backend, str):
         raise TypeError(f"backend must be one of {BACKENDS} or a lifepool backend object, not {backend!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "ray":
+        if start_method is not None:
+            raise ValueError('start_method is for backend="local"; Ray containers always start with "exec"')
+        from ._ray import RayBackend  # (the ImportError without ray names the extra)
+
+        return RayBackend()
     from ._local import LocalBackend
 
     return LocalBackend(context(start_method or "exec"))

@@ -113,7 +113,10 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         (see ``lifepool/_signals.py``). Default True.
     backend
         What runs the containers: ``"local"`` (the default: processes on this
-        machine, started with *start_method*).
+        machine, started with *start_method*), ``"ray"`` (one Ray actor per
+        container, on the cluster at ``RAY_ADDRESS`` or a local Ray; needs
+        ``pip install "lifepool[ray]"``), or a backend object such as
+        ``lifepool.RayBackend(address=..., num_gpus=1)``.
     env
         Environment variables set in each container before its target is
         unpickled: a dict (``None`` as a value unsets the variable), or a
@@ -194,8 +197,10 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
             raise TypeError(f"forward_output must be a bool, not {type(forward_output).__name__}")
         if inspect.isroutine(target) or inspect.ismodule(target):
             raise TypeError(f"target must be a class or an instance of one, not {target!r}")
+        # Containers on other machines cannot map this machine's shared memory.
+        self._dumps = _wire.dumps if engine.shared_memory else _wire.dumps_inline
         try:
-            target_blob = _wire.dumps(target)
+            target_blob = self._dumps(target)
         except Exception as error:
             raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
 
@@ -212,6 +217,7 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         self._handles: dict[str, RemoteMethod[..., Any]] = {}
         self._exit_errors_reported = False
         _signals.note_shown_errors()  # (an error shown before this pool existed cannot end the program at exit)
+        engine.open(maximum)  # (closed by the dispatcher when it ends)
         dispatcher = Dispatcher(
             self.name,
             target_blob,
@@ -449,7 +455,7 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         """
         self._dispatcher.check_accepting()
         try:
-            body = _wire.dumps((what, args, kwargs))
+            body = self._dumps((what, args, kwargs))
         except Exception as error:
             add_note(error, f"lifepool: the arguments of {label} could not be pickled")
             raise

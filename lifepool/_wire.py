@@ -347,6 +347,11 @@ def dumps(obj) -> bytes:
     return _shm.dumps(obj, pickler_dumps=_choose_pickler)
 
 
+def dumps_inline(obj) -> bytes:
+    """Encode *obj* with every buffer in the message itself (for containers on other machines: no _shm)."""
+    return _choose_pickler(obj, None)
+
+
 loads = pickle.loads  # decodes plain pickles and _shm messages alike (unlinking their segments)
 loads_keeping = _shm.loads_keeping  # for call bodies, which may be sent again (retries)
 discard = _shm.discard  # a message that will not be decoded: unlink its segments

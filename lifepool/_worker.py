@@ -1009,6 +1009,9 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any], out
     share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
+    if options.get("shared_memory") is False:
+        # The pool's parent is on another machine (a Ray backend): its /dev/shm is not ours.
+        _shm.SHM_DIR = None
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
     # container that has no policy yet); the mask is inherited, undo it now.

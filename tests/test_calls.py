@@ -13,7 +13,6 @@ from targets import CustomInitError, Fragile, Recorder
 
 import lifepool
 
-# A contract test module: each test runs on every backend (see conftest.BACKENDS).
 pytestmark = pytest.mark.usefixtures("backend")
 
 

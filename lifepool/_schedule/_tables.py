@@ -61,6 +61,7 @@ class Tables:
             "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
             "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
             "output": options.get("output"),  # forward_output (the backend's: see _local, _output)
+            "shared_memory": self.backend.shared_memory,  # False: encode everything inline (see _worker.main)
         }
 
         # Shared with other threads: append-only from them, drained by the dispatcher.
