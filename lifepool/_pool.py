@@ -32,7 +32,7 @@ from ._status import PoolStatus
 
 logger = logging.getLogger("lifepool")
 
-START_METHODS = ("exec", "loky", "spawn", "forkserver")
+START_METHODS = ("template", "exec", "loky", "spawn", "forkserver")
 BACKENDS = ("local",)
 DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
 
@@ -70,8 +70,13 @@ class LifecyclePool(concurrent.futures.Executor):
     exit_grace_period
         Seconds each container's exit (hooks included) may take before SIGKILL.
     start_method
-        ``"exec"`` (default: fork+exec of a fresh interpreter running a small
-        bootstrap, see ``lifepool/_launch.py``; it never imports ``__main__``),
+        ``"template"`` (default: containers are forked from one template
+        process per pool, itself a fresh interpreter started by fork+exec, that
+        imported the target's module and ran its ``@lifepool.enter(snap=True)``
+        hooks once; see ``lifepool/_template.py``. Where pidfds are missing it
+        is ``"exec"``), ``"exec"`` (fork+exec of a fresh interpreter per
+        container running a small bootstrap, see ``lifepool/_launch.py``; it
+        never imports ``__main__``),
         ``"loky"`` (fork+exec through loky's process context: the same
         guarantees, a slower start), or ``"spawn"``/``"forkserver"`` (the
         standard library's, which re-import ``__main__`` in the container).
@@ -632,7 +637,13 @@ def _backend(backend: Any, start_method: str | None) -> Backend:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     from ._local import LocalBackend
 
-    return LocalBackend(_context(start_method or "exec"))
+    if start_method in (None, "template"):
+        from . import _template
+
+        if _template.can_use():
+            return _template.TemplateBackend()
+        start_method = "exec"
+    return LocalBackend(_context(start_method))
 
 
 def _context(start_method: str) -> Any:

@@ -256,12 +256,15 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
                     call.sink(("error", undecodable(call, error)))
         elif tag == _wire.ENTERING:
             record.state = ContainerState.ENTERING
+            record.pid = call_id  # its own pid (a template's container has none until the template says)
             if self._abort:
                 self._signal(record)
         elif tag == _wire.READY:
             self._entered(record)
         elif tag == _wire.ENTER_FAILED:
             record.enter_failed = True
+            if record.pid is None:
+                record.pid = record.transport.pid
             self._leaving(record, ContainerState.EXITING)  # it leaves without exit hooks
             self._enter_failed(record, _wire.load_exception(bytes(body)))
         elif tag == _wire.EXITED:

@@ -1,0 +1,446 @@
+"""The default start method, ``"template"``: containers forked from one template process per pool.
+
+    parent (dispatcher thread)                 template (fork+exec'd once)          container
+    --------------------------                 ---------------------------          ---------
+    Template(): ExecProcess(serve, control) ─► serve(): signal policy, unpickle
+                                               the target (its module and
+                                               imports load here), instantiate,
+                                               snap hooks, gc.freeze()
+    start(): socketpair + sentinel pipe
+      ("fork", id, index, options)
+      + SCM_RIGHTS [socket end, pipe w] ─────► os.fork() ───────────────────────► _worker.main(conn, index,
+                                               closes its copies of both ends      snapshot=the instance)
+           ◄──────────────────────────────── ("pid", id, pid)                      ordinary enter hooks, serve
+      pidfd_open(pid) (not reaped yet: the
+      pid is still this container's)
+    sentinel = the pipe's read end: EOF once the container exited
+    reap(): ("reap", id) ────────────────────► waitpid ─► ("status", id, code)
+
+Why a template. A fresh interpreter per container (``"exec"``) pays the
+interpreter start, every import and the enter hooks again in each container
+and each replacement, and N containers hold N copies of whatever the enter
+hooks loaded. A fork of a process that has done all that once costs a
+fraction of a millisecond and shares its memory copy-on-write. Forking the
+pool's parent would copy a threaded process (the dispatcher, the user's
+threads) and run ``__main__``'s state in the child; forking a template that
+was itself started clean by fork+exec and never ran more than one thread
+keeps the guarantees of ``"exec"``.
+
+What the container keeps of ``"exec"``'s guarantees, and how:
+
+* Parent-death detection. The container's parent is the template, so
+  ``getppid()`` says nothing about the pool's parent; the container watches a
+  pidfd of the pool's parent instead (``_worker._watch_parent``), besides EOF
+  on its socket, whose other end only the pool's parent holds.
+* Sentinel and exit code. ``waitpid`` works only for one's own children, so
+  the sentinel is the read end of a pipe whose write end only the container
+  holds (closed in its forks, and on exec), and the exit status comes from
+  the template, which reaps a container only when the parent asks: until
+  then the pid (and the pidfd the parent opened, used for signals) is the
+  container's. A container of a template that died was reparented and reaped
+  by someone else: its status is unknown (None).
+* Signal policy. The template ignores SIGINT and SIGTERM as a container does;
+  the fork child inherits that until ``_worker.main`` sets its own.
+* No orphans. The template has no thread of its own and sits in a blocking
+  read of its control socket: EOF (the parent is gone, or closed the pool)
+  ends it with ``os._exit``, running none of the user's hooks. Containers
+  outlive a template that dies; the next start makes a new template.
+* Threads. A fork copies only the forking thread. If the template has more
+  Python threads than one after the snap hooks (``threading.active_count()``),
+  it warns once and starts each container by fork+exec instead, with the snap
+  hooks run in every container. Native threads Python does not know of are
+  not counted: OpenBLAS's pool (started by ``import numpy``) is idle and
+  fork-safe through ``pthread_atfork``, and counting it would turn every NumPy
+  user away; but an OpenMP runtime that ran a parallel region in a snap hook
+  (GNU libgomp, torch's intra-op pool) is not fork-safe, and this check does
+  not see it. Keep parallel work out of snap hooks (see the docs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import threading
+
+from . import _launch, _local, _wire, _worker
+from ._local import LocalBackend, LocalTransport
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+logger = logging.getLogger("lifepool")
+
+_REPLY_TIMEOUT = 30.0  # seconds a reply the template owes at once (a pid, a status) may take
+
+
+def can_use() -> bool:
+    """Whether the template start method works here (pidfds: Linux 5.3+)."""
+    return hasattr(os, "fork") and hasattr(socket, "send_fds") and _launch._has_pidfd()
+
+
+# -- the parent's side -------------------------------------------------------
+
+
+class Template:
+    """The parent's handle on one template process and its control socket."""
+
+    def __init__(self, target_blob: bytes, options: dict[str, Any]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.process = _launch.ExecProcess(
+            serve,
+            (_launch.ChildEnd(theirs.fileno()), target_blob, options),
+            name=f"lifepool-{options['pool_name']}-template",
+        )
+        try:
+            self.process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.pid = self.process.pid
+        self.broken = False  # the control socket failed: the template is gone
+        self._ids = itertools.count()
+        self._replies: dict[int, Any] = {}
+        self._lock = threading.Lock()  # one reader of the control socket at a time
+
+    def usable(self) -> bool:
+        if not self.broken and select.select([self.process.sentinel], [], [], 0)[0]:
+            self.broken = True
+        return not self.broken
+
+    def request(self, message: tuple[Any, ...], fds: list[int] | None = None) -> int:
+        request_id = next(self._ids)
+        try:
+            socket.send_fds(self.sock, [pickle.dumps((message[0], request_id, *message[1:]))], fds or [])
+        except OSError:
+            self.broken = True
+        return request_id
+
+    def reply(self, request_id: int, timeout: float | None) -> tuple[bool, Any]:
+        """(True, value) once the template answered *request_id*; (False, None) if not within *timeout* or never."""
+        with self._lock:
+            while request_id not in self._replies:
+                if self.broken or not select.select([self.sock], [], [], timeout)[0]:
+                    return False, None
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.broken = True
+                    return False, None
+                kind, answered, value = pickle.loads(data)
+                if kind == "warn":
+                    logger.warning("%s", value)
+                else:
+                    self._replies[answered] = value
+            return True, self._replies.pop(request_id)
+
+    def kill(self) -> None:
+        self.broken = True
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        """Stop the template now (it runs none of the user's code at exit) and reap it."""
+        self.kill()
+        self.sock.close()
+        self.process.join()
+        self.process.close()
+
+
+class TemplateTransport(LocalTransport):
+    """A container forked by a template: signals through a pidfd, exit status from the template."""
+
+    def __init__(self, template: Template, request_id: int, sentinel: int, conn: Any) -> None:
+        self.template = template
+        self.request_id = request_id
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._known = False  # the template answered (with a pid, or None: it could not start it)
+        self.process = None
+        self.messages = conn
+        self.sentinel = sentinel
+        self.fd = conn.fileno()
+        self.reader = _wire.Reader(self.fd)
+        self.recv = self.reader.recv
+
+    @property  # type: ignore[override]
+    def pid(self) -> int | None:
+        """The container's pid once the template has reported it (never blocks)."""
+        if not self._known:
+            self._learn(0)
+        return self._pid
+
+    def _learn(self, timeout: float | None) -> None:
+        answered, pid = self.template.reply(self.request_id, timeout)
+        if not answered:
+            if self.template.broken:
+                self._known = True  # (never started, or its template died before saying)
+            return
+        self._known = True
+        self._pid = pid
+        if pid is not None:
+            try:
+                # Not reaped before the parent says so: this is the container.
+                self._pidfd = os.pidfd_open(pid)
+            except OSError:
+                self._pidfd = None
+
+    def _signal(self, signum: int) -> None:
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT)
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if not self._known:
+            self._learn(0)
+        if not self._known:
+            # Still queued behind the template's start (snap hooks running):
+            # the template goes, and with it the descriptors it was to hand on.
+            self.template.kill()
+            self._learn(0)
+            if self._pid is None:
+                _shutdown(self.fd)  # (forked in the instant before the kill, unreported: EOF makes it leave)
+                return
+        self._signal(signal.SIGKILL)
+
+    def reap(self) -> int | None:
+        code = None
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT)
+        if self._pid is not None:
+            answered, code = self.template.reply(self.template.request(("reap", self._pid)), _REPLY_TIMEOUT)
+            if not answered:
+                code = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
+        from . import _shm
+
+        if self._pid is not None:
+            _shm.sweep(os.getpid(), creator_pid=self._pid)
+        return code
+
+    def forget(self) -> None:
+        if self.messages is not None:
+            self.messages.close()
+
+
+def _shutdown(fd: int) -> None:
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:  # (shuts the socket down for every copy)
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class TemplateBackend(LocalBackend):
+    """The local backend with containers forked from a template (one per pool, remade if it dies)."""
+
+    def __init__(self) -> None:
+        super().__init__(_launch.ExecContext())
+        self.template: Template | None = None
+        self._old: list[Template] = []  # died; reaped at close (containers may still ask them)
+
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> LocalTransport:
+        options = {**options, "parent_pid": os.getpid()}
+        with _local._starting:
+            template = self.template
+            if template is None or not template.usable():
+                if template is not None:
+                    logger.warning(
+                        "lifepool pool %r: its template process (pid %s) is gone; starting a new one",
+                        options["pool_name"],
+                        template.pid,
+                    )
+                    self._old.append(template)
+                template = self.template = Template(target_blob, _template_options(options))
+            parent_conn, child_conn = self.context.Pipe(duplex=True)
+            sentinel_r, sentinel_w = os.pipe()
+            try:
+                request_id = template.request(("fork", index, options), [child_conn.fileno(), sentinel_w])
+            except BaseException:
+                parent_conn.close()
+                os.close(sentinel_r)
+                raise
+            finally:
+                child_conn.close()
+                os.close(sentinel_w)  # (the message in flight holds one; then only the container)
+        return TemplateTransport(template, request_id, sentinel_r, parent_conn)
+
+    def close(self) -> None:
+        for template in [*self._old, *([self.template] if self.template is not None else [])]:
+            template.close()
+        self._old.clear()
+        self.template = None
+
+
+def _template_options(options: dict[str, Any]) -> dict[str, Any]:
+    environment = options.get("environment")
+    if environment is not None and environment["env"] is not None:
+        envs = environment["env"]
+        # The module is imported once, in the template: only an env= shared by every container applies there.
+        shared = envs[0] if all(env == envs[0] for env in envs) else None
+        environment = {**environment, "env": None if shared is None else [shared]}
+    return {**options, "environment": environment}
+
+
+# -- the template's side ---------------------------------------------------
+
+
+class Snapshot:
+    """What the template made once: the instance containers serve, or why it could not make it."""
+
+    def __init__(self) -> None:
+        self.target: Any = None  # the unpickled target (a class, or an instance)
+        self.instance: Any = None
+        self.error: BaseException | None = None  # raised while loading or in a snap hook
+        self.threads_warning: str | None = None  # set: fork is unsafe, containers are exec'd
+
+
+def serve(control: Any, target_blob: bytes, options: dict[str, Any]) -> None:
+    """The template program (started by ``_launch.ExecProcess``): load once, then fork on request."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _worker._ignore_signal)
+        signal.siginterrupt(signum, False)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _worker._set_process_name(options["pool_name"], "t")
+    _worker.share_authkey(options.get("authkey"))
+    sock = socket.socket(fileno=control.fileno())
+    snapshot = _load(target_blob, options)
+    if snapshot.threads_warning is not None:
+        sock.send(pickle.dumps(("warn", None, snapshot.threads_warning)))
+    children: dict[int, Any] = {}  # pid -> an ExecProcess (exec'd containers), or None (forked)
+    while True:
+        try:
+            data, fds, _flags, _address = socket.recv_fds(sock, 65536, 2)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            os._exit(0)  # the parent is gone, or closed the pool: take nothing with us
+        kind, request_id, *rest = pickle.loads(data)
+        if kind == "fork":
+            index, child_options = rest
+            pid = _start(sock, snapshot, target_blob, index, child_options, fds, children)
+            sock.send(pickle.dumps(("pid", request_id, pid)))
+        elif kind == "reap":
+            sock.send(pickle.dumps(("status", request_id, _reap(rest[0], children))))
+
+
+def _load(target_blob: bytes, options: dict[str, Any]) -> Snapshot:
+    """Import the target's module, make the instance, run the snap hooks, freeze the heap."""
+    import gc
+
+    from . import _hooks
+
+    snapshot = Snapshot()
+    _worker._apply_environment(options.get("environment"), 0)
+    try:
+        _worker._state.loading_target = True
+        try:
+            snapshot.target = target = _wire.loads(target_blob)
+        finally:
+            _worker._state.loading_target = False
+        cls = target if isinstance(target, type) else type(target)
+        info = _hooks.inspect_class(cls)
+        instance = cls() if isinstance(target, type) else target
+        for name in info.snap_hooks:
+            result = getattr(instance, name)()
+            if _hooks.is_async(getattr(cls, name)):
+                import asyncio
+
+                asyncio.run(result)
+        snapshot.instance = instance
+    except BaseException as error:  # noqa: BLE001 - each container reports it as its enter failure
+        snapshot.error = error
+        return snapshot
+    threads = threading.active_count()
+    if threads > 1:
+        snapshot.threads_warning = (
+            f"lifepool pool {options['pool_name']!r}: the template process has {threads} "
+            "threads after its @lifepool.enter(snap=True) hooks, so forking containers from it is unsafe; each "
+            "container is started as a fresh interpreter and runs the snap hooks itself (no memory is shared). "
+            "To share it, start no threads in snap hooks (load the model there, start thread pools, CUDA or "
+            "clients in an ordinary @lifepool.enter() hook), or set e.g. OMP_NUM_THREADS=1 while loading"
+        )
+        snapshot.instance = None
+    gc.freeze()  # what the snapshot made is never touched by the collector: its pages stay shared
+    return snapshot
+
+
+def _start(
+    sock: socket.socket,
+    snapshot: Snapshot,
+    target_blob: bytes,
+    index: int,
+    options: dict[str, Any],
+    fds: list[int],
+    children: dict[int, Any],
+) -> int | None:
+    """Start container *index* on the descriptors the parent sent; return its pid (None: it could not)."""
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    conn_fd, sentinel_fd = fds
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    options = {**options, "template_child": True, "sentinel": _launch.ChildEnd(sentinel_fd)}
+    try:
+        if snapshot.threads_warning is not None:
+            process = _launch.ExecProcess(
+                _worker.main, (_launch.ChildEnd(conn_fd), index, target_blob, options), name="lifepool-container"
+            )
+            process.start()
+            children[process.pid] = process
+            return process.pid
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()  # (this copy: the template's end stays the template's alone)
+                _worker.main(_launch.ChildEnd(conn_fd), index, None, options, snapshot=snapshot)
+            finally:
+                os._exit(1)
+        children[pid] = None
+        return pid
+    except OSError:
+        return None
+    finally:
+        # The container holds these now; the template never keeps a copy.
+        os.close(conn_fd)
+        os.close(sentinel_fd)
+
+
+def _reap(pid: int, children: dict[int, Any]) -> int | None:
+    if pid not in children:
+        return None
+    process = children.pop(pid)
+    if process is not None:
+        process.join()
+        code = process.exitcode
+        process.close()
+        return code
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
