@@ -69,6 +69,8 @@ class Settings:
     batching_items: int
     idle_seconds: float
     pid_delay: float
+    snap_mb: int = 400
+    snap_containers: int = 4
 
 
 FULL = Settings(
@@ -100,6 +102,7 @@ QUICK = dataclasses.replace(
     scaling_containers=(1, 2, 8),
     batching_items=400,
     idle_seconds=0.2,
+    snap_mb=64,
 )
 
 
@@ -159,6 +162,48 @@ class Model:
 
     def __exit__(self, *exc_info: object) -> None:
         """Nothing to release."""
+
+
+class Crashy(Echo):
+    """Echo, plus a method that kills its container (the replacement scenario)."""
+
+    def crash(self) -> None:
+        """Leave at once, as a segfault would."""
+        os._exit(3)
+
+
+SNAP_MB = int(os.environ.get("LIFEPOOL_BENCH_SNAP_MB", "400"))  # (set by the driver from Settings.snap_mb)
+_snapped: object = None
+
+
+def load_weights() -> object:
+    """The "model": a float64 array of SNAP_MB MB, every page written."""
+    import numpy
+
+    return numpy.ones(SNAP_MB * 2**20 // 8)
+
+
+try:
+    from lifepool import enter as _enter
+except ImportError:
+
+    def _enter(**_: object) -> Callable[[Callable], Callable]:
+        return lambda func: func
+
+
+class Snapped(Echo):
+    """Echo with the model loaded by a snap hook (lifepool's template shares it)."""
+
+    @_enter(snap=True)
+    def load(self) -> None:
+        """Load the weights once, before the containers fork."""
+        self.weights = load_weights()
+
+
+def init_weights() -> None:
+    """The peers' way: an ``initializer`` loading the model in each worker."""
+    global _snapped
+    _snapped = load_weights()
 
 
 def echo(x: object) -> object:
@@ -232,9 +277,12 @@ class LifepoolPool(Pool):
         self._lib = lifepool
         assert lifepool.LifecyclePool is not None
 
+    workload: type = Echo
+    options: dict = {}  # LifecyclePool options (subclasses replace it)
+
     def create(self) -> contextlib.AbstractContextManager:
         """Build a LifecyclePool of Echo containers."""
-        return self._lib.LifecyclePool(Echo, containers=self.containers)
+        return self._lib.LifecyclePool(self.workload, containers=self.containers, **self.options)
 
     def call(self, x: object) -> object:
         """One blocking round trip."""
@@ -253,6 +301,13 @@ class LifepoolPool(Pool):
         """Pids of the containers that served ``tasks`` concurrent calls."""
         futures = [self._pool.getpid.spawn(delay) for _ in range(tasks)]
         return {f.result() for f in futures}
+
+
+class LifepoolExec(LifepoolPool):
+    """lifepool with ``start_method="exec"``: a fresh interpreter per container (the pre-template default)."""
+
+    name = "lifepool-exec"
+    options: dict = {"start_method": "exec"}
 
 
 class LifepoolBatched(LifepoolPool):
@@ -366,6 +421,13 @@ class SpawnProcessPool(ProcessPool):
 
     name = "ppe-spawn"
     start_method = "spawn"
+
+
+class ForkserverProcessPool(ProcessPool):
+    """``ProcessPoolExecutor`` with 'forkserver' (the standard library's answer to fork+exec's start cost)."""
+
+    name = "ppe-forkserver"
+    start_method = "forkserver"
 
 
 class LokyPool(ExecutorPool):
@@ -514,8 +576,10 @@ POOLS: dict[str, type[Pool]] = {
         LifepoolPool,
         LifepoolUnbatched,
         PipeFloor,
+        LifepoolExec,
         ProcessPool,
         SpawnProcessPool,
+        ForkserverProcessPool,
         MultiprocessingPool,
         LokyPool,
         MpirePool,
@@ -642,6 +706,100 @@ def measure_cold(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str
         elapsed = time.perf_counter() - start
     expect(out, 1)
     return {label(f"cold start, {plural(containers, 'container')}", "s", True): elapsed}
+
+
+def measure_later(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """A second pool of the process: construction to first result, after a first one came and went."""
+    first = pool_cls(containers)
+    first.prepare()
+    with first:
+        first.call(0)
+    pool = pool_cls(containers)
+    pool.prepare()
+    start = time.perf_counter()
+    with pool:
+        out = pool.call(1)
+        elapsed = time.perf_counter() - start
+    expect(out, 1)
+    return {label(f"later pool, {plural(containers, 'container')}, to first result", "s", True): elapsed}
+
+
+def measure_all_serving(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """A second pool of the process: construction until every container has answered."""
+    first = pool_cls(containers)
+    first.prepare()
+    with first:
+        first.call(0)
+    pool = pool_cls(containers)
+    pool.prepare()
+    start = time.perf_counter()
+    with pool:
+        all_started(pool, containers, dataclasses.replace(s, pid_delay=0.005))
+        elapsed = time.perf_counter() - start
+    return {label(f"later pool, {plural(containers, 'container')}, all serving", "s", True): elapsed}
+
+
+def measure_replacement(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """lifepool: a container crashes, until the next call is served; mp.Pool: starting a one-worker pool."""
+    title = label("replacement after a crash (lifepool) / one-worker start (peers)", "ms", True)
+    if issubclass(pool_cls, LifepoolPool):
+        pool = pool_cls(1)
+        pool.prepare()
+        with pool._lib.LifecyclePool(Crashy, containers=1, **pool.options) as lp:
+            lp.echo.call(0)
+            start = time.perf_counter()
+            with contextlib.suppress(pool._lib.ContainerCrashedError):
+                lp.crash.call()
+            out = lp.echo.call(1)
+            elapsed = time.perf_counter() - start
+    else:
+        pool = pool_cls(1)
+        pool.prepare()
+        with pool:
+            pool.call(0)  # (a first pool: the later start is the one measured, as lifepool's replacement is)
+        pool = pool_cls(1)
+        start = time.perf_counter()
+        with pool:
+            out = pool.call(1)
+            elapsed = time.perf_counter() - start
+    expect(out, 1)
+    return {title: elapsed * 1e3}
+
+
+def measure_snap(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """``containers`` workers after loading a ``snap_mb`` MB array: time until all serve, and their PSS."""
+    os.environ["LIFEPOOL_BENCH_SNAP_MB"] = str(s.snap_mb)
+    global SNAP_MB
+    SNAP_MB = s.snap_mb
+    import numpy  # noqa: F401 - imported before the clock, as the parent would have it
+
+    start = time.perf_counter()
+    if issubclass(pool_cls, LifepoolPool):
+        pool = pool_cls(containers)
+        pool.prepare()
+        made = pool._lib.LifecyclePool(Snapped, containers=containers, **pool.options)
+        pids = lambda: {f.result() for f in [made.getpid.spawn(s.pid_delay) for _ in range(2 * containers)]}  # noqa: E731
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        made = concurrent.futures.ProcessPoolExecutor(
+            containers, mp_context=multiprocessing.get_context("fork"), initializer=init_weights
+        )
+        pids = lambda: {f.result() for f in [made.submit(getpid, s.pid_delay) for _ in range(2 * containers)]}  # noqa: E731
+    with made:
+        seen: set[int] = set()
+        deadline = time.monotonic() + s.timeout
+        while len(seen) < containers and time.monotonic() < deadline:
+            seen |= pids()
+        elapsed = time.perf_counter() - start
+        time.sleep(s.idle_seconds)
+        pss = [read_kb(f"/proc/{pid}/smaps_rollup", "Pss") for pid in descendants(os.getpid())]
+    title = f"snap, {containers} containers after a {s.snap_mb} MB load:"
+    return {
+        label(f"{title} all serving", "s", True): elapsed,
+        label(f"{title} PSS of every descendant, sum", "MB", True): sum(filter(None, pss)) / 1024,
+    }
 
 
 def measure_payload(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
@@ -781,8 +939,36 @@ SCENARIOS = {
             "cold",
             "pool construction to first result",
             measure_cold,
-            ("lifepool", "ppe", "ppe-spawn", "mp.Pool", "loky", "mpire", "ray"),
+            ("lifepool", "lifepool-exec", "ppe", "ppe-spawn", "ppe-forkserver", "mp.Pool", "loky", "mpire", "ray"),
             lambda s: (s.cold_containers,),
+        ),
+        Scenario(
+            "later",
+            "a later pool of the process: construction to first result",
+            measure_later,
+            ("lifepool", "lifepool-exec", "ppe", "ppe-forkserver", "mp.Pool"),
+            lambda s: (2, 8),
+        ),
+        Scenario(
+            "all-serving",
+            "a later pool of the process: construction until every container answered",
+            measure_all_serving,
+            ("lifepool", "lifepool-exec", "ppe", "mp.Pool"),
+            lambda s: (8,),
+        ),
+        Scenario(
+            "replacement",
+            "lifepool: crash to next call served; peers: a one-worker pool's start",
+            measure_replacement,
+            ("lifepool", "lifepool-exec", "mp.Pool"),
+            lambda s: (1,),
+        ),
+        Scenario(
+            "snap",
+            "workers sharing a model loaded once (snap hook) vs an initializer in each (ppe, fork)",
+            measure_snap,
+            ("lifepool", "lifepool-exec", "ppe"),
+            lambda s: (s.snap_containers,),
         ),
         Scenario(
             "payload",
@@ -809,7 +995,7 @@ SCENARIOS = {
             "memory",
             "parent and worker memory with idle containers",
             measure_memory,
-            ("lifepool", *POOL_PEERS),
+            ("lifepool", "lifepool-exec", *POOL_PEERS),
             lambda s: (s.memory_containers,),
         ),
     )
