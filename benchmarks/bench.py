@@ -708,14 +708,20 @@ def measure_cold(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str
     return {label(f"cold start, {plural(containers, 'container')}", "s", True): elapsed}
 
 
-def measure_later(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
-    """A second pool of the process: construction to first result, after a first one came and went."""
+def later_pool(pool_cls: type[Pool], containers: int) -> Pool:
+    """A pool not yet started, made after a first pool of the process came and went."""
     first = pool_cls(containers)
     first.prepare()
     with first:
         first.call(0)
     pool = pool_cls(containers)
     pool.prepare()
+    return pool
+
+
+def measure_later(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """A second pool of the process: construction to first result, after a first one came and went."""
+    pool = later_pool(pool_cls, containers)
     start = time.perf_counter()
     with pool:
         out = pool.call(1)
@@ -726,12 +732,7 @@ def measure_later(pool_cls: type[Pool], containers: int, s: Settings) -> dict[st
 
 def measure_all_serving(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
     """A second pool of the process: construction until every container has answered."""
-    first = pool_cls(containers)
-    first.prepare()
-    with first:
-        first.call(0)
-    pool = pool_cls(containers)
-    pool.prepare()
+    pool = later_pool(pool_cls, containers)
     start = time.perf_counter()
     with pool:
         all_started(pool, containers, dataclasses.replace(s, pid_delay=0.005))
@@ -753,11 +754,7 @@ def measure_replacement(pool_cls: type[Pool], containers: int, s: Settings) -> d
             out = lp.echo.call(1)
             elapsed = time.perf_counter() - start
     else:
-        pool = pool_cls(1)
-        pool.prepare()
-        with pool:
-            pool.call(0)  # (a first pool: the later start is the one measured, as lifepool's replacement is)
-        pool = pool_cls(1)
+        pool = later_pool(pool_cls, 1)  # (the later start is the one measured, as lifepool's replacement is)
         start = time.perf_counter()
         with pool:
             out = pool.call(1)

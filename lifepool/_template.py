@@ -66,6 +66,7 @@ import select
 import signal
 import socket
 import threading
+import weakref
 
 from . import _launch, _local, _wire, _worker
 from ._local import LocalBackend, LocalTransport
@@ -91,28 +92,32 @@ class Template:
     """The parent's handle on one template process and its control socket."""
 
     def __init__(self, target_blob: bytes, options: dict[str, Any]) -> None:
+        from . import _zygote
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.process = _launch.ExecProcess(
-            serve,
-            (_launch.ChildEnd(theirs.fileno()), target_blob, options),
-            name=f"lifepool-{options['pool_name']}-template",
-        )
         try:
-            self.process.start()
+            pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options)
+            if pid is None:  # (the zygote died: once more with a new one)
+                pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options)
+            if pid is None:
+                raise OSError("lifepool could not start a template process (its zygote died)")
+            # The zygote reaps it only when a later request comes, which waits for our lock: still this one.
+            self.pidfd = os.pidfd_open(pid)
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
         self.sock = ours
-        self.pid = self.process.pid
+        self.pid = pid
         self.broken = False  # the control socket failed: the template is gone
         self._ids = itertools.count()
         self._replies: dict[int, Any] = {}
         self._lock = threading.Lock()  # one reader of the control socket at a time
+        _live.add(self)
 
     def usable(self) -> bool:
-        if not self.broken and select.select([self.process.sentinel], [], [], 0)[0]:
+        if not self.broken and select.select([self.pidfd], [], [], 0)[0]:
             self.broken = True
         return not self.broken
 
@@ -146,17 +151,34 @@ class Template:
 
     def kill(self) -> None:
         self.broken = True
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
-        """Stop the template now (it runs none of the user's code at exit) and reap it."""
+        """Stop the template now (it runs none of the user's code at exit); the zygote reaps it."""
         self.kill()
         self.sock.close()
-        self.process.join()
-        self.process.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        _live.discard(self)
+
+
+_live: weakref.WeakSet[Template] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A fork of the parent holds no copy of a template's socket: EOF must still reach the template."""
+    for template in list(_live):
+        template.sock.close()
+        template.broken = True
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TemplateTransport(LocalTransport):
