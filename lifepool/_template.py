@@ -1,8 +1,10 @@
 """The default start method, ``"template"``: containers forked from one template process per pool.
 
-    parent (dispatcher thread)                 template (fork+exec'd once)          container
-    --------------------------                 ---------------------------          ---------
-    Template(): ExecProcess(serve, control) ─► serve(): signal policy, unpickle
+    parent (dispatcher thread)                 template (one per pool)              container
+    --------------------------                 -----------------------              ---------
+    Template(): _zygote.get().spawn_template ► forked from the parent's zygote
+                (see lifepool/_zygote.py)      (a clean fork+exec'd interpreter):
+                                               serve(): signal policy, unpickle
                                                the target (its module and
                                                imports load here), instantiate,
                                                snap hooks, gc.freeze()
@@ -298,7 +300,8 @@ class TemplateBackend(LocalBackend):
             parent_conn, child_conn = self.context.Pipe(duplex=True)
             sentinel_r, sentinel_w = os.pipe()
             try:
-                request_id = template.request(("fork", index, options), [child_conn.fileno(), sentinel_w])
+                # (descriptors 1 and 2 too: a container writes to the parent's stdout and stderr of its start)
+                request_id = template.request(("fork", index, options), [child_conn.fileno(), sentinel_w, 1, 2])
             except BaseException:
                 parent_conn.close()
                 os.close(sentinel_r)
@@ -353,7 +356,7 @@ def serve(control: Any, target_blob: bytes, options: dict[str, Any]) -> None:
     children: dict[int, Any] = {}  # pid -> an ExecProcess (exec'd containers), or None (forked)
     while True:
         try:
-            data, fds, _flags, _address = socket.recv_fds(sock, 65536, 2)
+            data, fds, _flags, _address = socket.recv_fds(sock, 65536, 4)
         except OSError:
             data, fds = b"", []
         if not data:
@@ -418,11 +421,11 @@ def _start(
     children: dict[int, Any],
 ) -> int | None:
     """Start container *index* on the descriptors the parent sent; return its pid (None: it could not)."""
-    if len(fds) != 2:
+    if len(fds) != 4:
         for fd in fds:
             os.close(fd)
         return None
-    conn_fd, sentinel_fd = fds
+    conn_fd, sentinel_fd, stdout, stderr = fds
     for fd in fds:
         os.set_inheritable(fd, False)
     options = {**options, "template_child": True, "sentinel": _launch.ChildEnd(sentinel_fd)}
@@ -431,13 +434,26 @@ def _start(
             process = _launch.ExecProcess(
                 _worker.main, (_launch.ChildEnd(conn_fd), index, target_blob, options), name="lifepool-container"
             )
-            process.start()
+            saved = os.dup(1), os.dup(2)
+            try:
+                os.dup2(stdout, 1)
+                os.dup2(stderr, 2)
+                process.start()
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
             children[process.pid] = process
             return process.pid
         pid = os.fork()
         if pid == 0:
             try:
                 sock.close()  # (this copy: the template's end stays the template's alone)
+                os.dup2(stdout, 1)
+                os.dup2(stderr, 2)
+                os.close(stdout)
+                os.close(stderr)
                 _worker.main(_launch.ChildEnd(conn_fd), index, None, options, snapshot=snapshot)
             finally:
                 os._exit(1)
@@ -447,8 +463,8 @@ def _start(
         return None
     finally:
         # The container holds these now; the template never keeps a copy.
-        os.close(conn_fd)
-        os.close(sentinel_fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def _reap(pid: int, children: dict[int, Any]) -> int | None:

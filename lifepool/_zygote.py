@@ -17,8 +17,9 @@ zygote runs no user code and never has a second thread, so its forks are as
 clean as an exec: the template then imports the target's module itself.
 
 What a fork of the zygote would get wrong, and is set from the request: the
-parent's working directory, environment, ``sys.path`` and ``sys.argv`` *now*
-(the zygote has the parent's of when the first pool started).
+parent's working directory, environment, ``sys.path``, ``sys.argv``, stdout
+and stderr (descriptors 1 and 2) *now* (the zygote has the parent's of when
+the first pool started).
 
 Reaping. The zygote's children (templates) are reaped with ``WNOHANG`` each
 time a request comes. A template that died between two requests stays a
@@ -77,7 +78,8 @@ class Zygote:
         # (in a file, not the message: a datagram is bounded by the socket's buffer, a target is not)
         payload = _launch._anonymous_file(pickle.dumps((target_blob, options, context), pickle.HIGHEST_PROTOCOL))
         try:
-            socket.send_fds(self.sock, [b"template"], [control_fd, payload])
+            # (with the parent's stdout and stderr of now: the zygote's are those of the first pool's start)
+            socket.send_fds(self.sock, [b"template"], [control_fd, payload, 1, 2])
             if not select.select([self.sock], [], [], _REPLY_TIMEOUT)[0]:
                 raise OSError("no answer")
             data = self.sock.recv(65536)
@@ -145,15 +147,15 @@ def serve(control: Any) -> None:
     sock = socket.socket(fileno=control.fileno())
     while True:
         try:
-            data, fds, _flags, _address = socket.recv_fds(sock, 64, 2)
+            data, fds, _flags, _address = socket.recv_fds(sock, 64, 4)
         except OSError:
             data, fds = b"", []
         if not data:
             os._exit(0)
         _sweep()
         pid = None
-        if len(fds) == 2:
-            control_fd, payload = fds
+        if len(fds) == 4:
+            control_fd, payload, stdout, stderr = fds
             with open(payload, "rb", closefd=False) as file:
                 target_blob, options, context = pickle.load(file)
             try:
@@ -164,6 +166,8 @@ def serve(control: Any) -> None:
                 try:
                     sock.close()
                     os.close(payload)
+                    os.dup2(stdout, 1)
+                    os.dup2(stderr, 2)
                     _apply_context(context)
                     os.set_inheritable(control_fd, False)
                     _template.serve(_launch.ChildEnd(control_fd), target_blob, options)

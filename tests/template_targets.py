@@ -84,3 +84,8 @@ class FailingSnap:
 
     def f(self) -> int:
         return 1
+
+
+class Cwd:
+    def where(self) -> tuple[str, str | None, int]:
+        return os.getcwd(), os.environ.get("LIFEPOOL_TEST_LATER"), os.getppid()

@@ -243,7 +243,8 @@ def test_launched_process_exit_codes(sentinel_kind, target, arg, code):
 def test_launch_failure_is_an_enter_failure(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with pytest.raises(lifepool.EnterError) as info:
-        with lifepool.LifecyclePool(Surroundings, containers=1) as pool:
+        # (the exec launcher: a template's containers are forks, and its zygote may be up already)
+        with lifepool.LifecyclePool(Surroundings, containers=1, start_method="exec") as pool:
             pool.pid.call()
     assert isinstance(info.value.__cause__, FileNotFoundError)
 

@@ -16,7 +16,7 @@ import lifepool
 from lifepool import _template
 from tests.conftest import assert_gone, is_alive, markers
 from tests.targets import wait_for_path
-from tests.template_targets import FailingSnap, Snapped, ThreadedSnap, rollup
+from tests.template_targets import Cwd, FailingSnap, Snapped, ThreadedSnap, rollup
 
 pytestmark = pytest.mark.skipif(not _template.can_use(), reason="the template start method needs pidfds")
 
@@ -125,29 +125,47 @@ def test_template_death_fails_nothing_in_flight_and_the_next_start_makes_a_new_t
     assert_gone([first, second, snap_pid])
 
 
+def test_a_later_pool_forks_its_template_from_the_same_zygote_in_the_parents_directory(tmp_path, monkeypatch):
+    from lifepool import _zygote
+
+    with lifepool.LifecyclePool(Snapped(str(tmp_path)), containers=1) as pool:
+        _, first_template, _ = pool.where.call()
+    zygote = _zygote._zygote.pid
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIFEPOOL_TEST_LATER", "yes")
+    with lifepool.LifecyclePool(Cwd, containers=1) as pool:
+        cwd, env, template = pool.where.call()
+    assert _zygote._zygote.pid == zygote
+    assert template != first_template
+    assert (cwd, env) == (str(tmp_path), "yes")  # the parent's now, not the zygote's
+    with open(f"/proc/{template}/stat") as stat:
+        assert int(stat.read().rsplit(")", 1)[1].split()[1]) == zygote  # (the template is the zygote's child)
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {root!r})
     import lifepool
+    import lifepool._zygote
     from tests.template_targets import Snapped
 
     if __name__ == "__main__":
         pool = lifepool.LifecyclePool(Snapped({directory!r}), containers=2)
-        print(pool.where.call()[2], flush=True)
+        print(pool.where.call()[2], lifepool._zygote._zygote.pid, flush=True)
         time.sleep(600)
     """
 )
 
 
-def test_parent_sigkill_leaves_no_template_and_no_container(tmp_path):
+def test_parent_sigkill_leaves_no_zygote_no_template_and_no_container(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = tmp_path / "script.py"
     script.write_text(SCRIPT.format(root=root, directory=str(tmp_path)))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        template = int(child.stdout.readline())  # (bounded by the test's timeout)
-        pids = [template, *wait_for_markers(tmp_path, "enter", 2)]
+        template, zygote = map(int, child.stdout.readline().split())  # (bounded by the test's timeout)
+        pids = [zygote, template, *wait_for_markers(tmp_path, "enter", 2)]
         assert all(is_alive(pid) for pid in pids)
         child.kill()
         child.wait(timeout=30)
