@@ -287,29 +287,41 @@ class TemplateBackend(LocalBackend):
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> LocalTransport:
         options = {**options, "parent_pid": os.getpid()}
         with _local._starting:
-            template = self.template
-            if template is None or not template.usable():
-                if template is not None:
-                    logger.warning(
-                        "lifepool pool %r: its template process (pid %s) is gone; starting a new one",
-                        options["pool_name"],
-                        template.pid,
-                    )
-                    self._old.append(template)
-                template = self.template = Template(target_blob, _template_options(options))
-            parent_conn, child_conn = self.context.Pipe(duplex=True)
-            sentinel_r, sentinel_w = os.pipe()
-            try:
-                # (descriptors 1 and 2 too: a container writes to the parent's stdout and stderr of its start)
-                request_id = template.request(("fork", index, options), [child_conn.fileno(), sentinel_w, 1, 2])
-            except BaseException:
+            for _attempt in range(2):  # (a template found dead only when the request could not be sent: again)
+                template = self._template(target_blob, options)
+                parent_conn, child_conn = self.context.Pipe(duplex=True)
+                sentinel_r, sentinel_w = os.pipe()
+                try:
+                    # (descriptors 1 and 2 too: a container writes to the parent's stdout and stderr of its start)
+                    request_id = template.request(("fork", index, options), [child_conn.fileno(), sentinel_w, 1, 2])
+                except BaseException:
+                    parent_conn.close()
+                    os.close(sentinel_r)
+                    raise
+                finally:
+                    child_conn.close()
+                    os.close(sentinel_w)  # (the message in flight holds one; then only the container)
+                if not template.broken:
+                    break
                 parent_conn.close()
                 os.close(sentinel_r)
-                raise
-            finally:
-                child_conn.close()
-                os.close(sentinel_w)  # (the message in flight holds one; then only the container)
+            else:
+                raise OSError(f"lifepool could not reach a template process for pool {options['pool_name']!r}")
         return TemplateTransport(template, request_id, sentinel_r, parent_conn)
+
+    def _template(self, target_blob: bytes, options: dict[str, Any]) -> Template:
+        """The pool's template; a new one if there is none yet or it died."""
+        template = self.template
+        if template is None or not template.usable():
+            if template is not None:
+                logger.warning(
+                    "lifepool pool %r: its template process (pid %s) is gone; starting a new one",
+                    options["pool_name"],
+                    template.pid,
+                )
+                self._old.append(template)
+            template = self.template = Template(target_blob, _template_options(options))
+        return template
 
     def close(self) -> None:
         for template in [*self._old, *([self.template] if self.template is not None else [])]:
