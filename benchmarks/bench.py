@@ -730,6 +730,16 @@ def measure_later(pool_cls: type[Pool], containers: int, s: Settings) -> dict[st
     return {label(f"later pool, {plural(containers, 'container')}, to first result", "s", True): elapsed}
 
 
+def measure_later_tiny(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """``measure_later`` with lifepool's target in a small module of its own (``benchmarks/tiny.py``)."""
+    if issubclass(pool_cls, LifepoolPool):
+        from benchmarks.tiny import Tiny
+
+        pool_cls = type(pool_cls.__name__, (pool_cls,), {"workload": Tiny})
+    values = measure_later(pool_cls, containers, s)
+    return {key.replace("later pool", "later pool (small module)"): value for key, value in values.items()}
+
+
 def measure_all_serving(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
     """A second pool of the process: construction until every container has answered."""
     pool = later_pool(pool_cls, containers)
@@ -944,6 +954,13 @@ SCENARIOS = {
             "a later pool of the process: construction to first result",
             measure_later,
             ("lifepool", "lifepool-exec", "ppe", "ppe-forkserver", "mp.Pool"),
+            lambda s: (2, 8),
+        ),
+        Scenario(
+            "later-tiny",
+            "the same, with lifepool's target class in a small module of its own",
+            measure_later_tiny,
+            ("lifepool", "lifepool-exec", "mp.Pool"),
             lambda s: (2, 8),
         ),
         Scenario(
