@@ -1038,6 +1038,7 @@ class Outcome:
     values: dict[str, float]
     failure: str = ""
     wall: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the driver ran
 
 
 def stop_group(pgid: int) -> int:
@@ -1060,6 +1061,7 @@ def run_driver(scenario: str, contestant: str, containers: int, settings: Settin
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     code = "from benchmarks.bench import measure_main; measure_main()"
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(request)],
@@ -1079,7 +1081,7 @@ def run_driver(scenario: str, contestant: str, containers: int, settings: Settin
         stop_group(proc.pid)
         _, err = proc.communicate()
         print("    " + "\n    ".join(err.strip().splitlines()[-40:]), file=sys.stderr)
-        return Outcome({}, f"timeout after {settings.timeout:g} s", time.perf_counter() - start)
+        return Outcome({}, f"timeout after {settings.timeout:g} s", time.perf_counter() - start, (load_before, NOISY))
     wall = time.perf_counter() - start
     time.sleep(0.2)  # let exiting workers finish before looking for leftovers
     if leftovers := stop_group(proc.pid):
@@ -1088,8 +1090,11 @@ def run_driver(scenario: str, contestant: str, containers: int, settings: Settin
     if proc.returncode != 0 or not results:
         lines = err.strip().splitlines() or [f"exit status {proc.returncode}"]
         print("    " + "\n    ".join(lines[-6:]), file=sys.stderr)
-        return Outcome({}, f"error: {lines[-1][:120]}", wall)
-    return Outcome(json.loads(results[-1][len(MARKER) :]), "", wall)
+        return Outcome({}, f"error: {lines[-1][:120]}", wall, (load_before, os.getloadavg()[0]))
+    return Outcome(json.loads(results[-1][len(MARKER) :]), "", wall, (load_before, os.getloadavg()[0]))
+
+
+NOISY = 1.0  # a row measured while the 1-minute load average was above this is marked noisy
 
 
 def fmt(value: float) -> str:
@@ -1141,8 +1146,8 @@ class Results:
         """Markdown table of the median of each row for each contestant."""
         names = self.contestants()
         lines = [
-            "| metric | " + " | ".join(names) + " |",
-            "|---|" + "---:|" * len(names),
+            "| metric | " + " | ".join(names) + " | load avg |",
+            "|---|" + "---:|" * len(names) + "---|",
         ]
         for row in self.rows():
             cells = []
@@ -1153,8 +1158,23 @@ class Results:
                 if good and len(good) < len(samples):
                     cell += f" ({len(samples) - len(good)} failed)"
                 cells.append(cell)
-            lines.append(f"| {row[2]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row[2]} | " + " | ".join(cells) + f" | {self.load_cell(row)} |")
         return "\n".join(lines)
+
+    def load_cell(self, row: tuple[str, int, str]) -> str:
+        """The highest 1-minute load average seen around the row's drivers; "noisy" above NOISY."""
+        scenario, containers, _ = row
+        loads = [
+            value
+            for (name, count, _), outcomes in self.outcomes.items()
+            if (name, count) == (scenario, containers)
+            for outcome in outcomes
+            for value in outcome.load
+        ]
+        if not loads:
+            return "–"
+        highest = max(loads)
+        return f"{highest:.2f} noisy" if highest > NOISY else f"{highest:.2f}"
 
     def ratio_table(self) -> str:
         """Markdown table of lifepool/peer: median of per-round ratios [min–max]."""
