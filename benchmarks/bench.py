@@ -310,6 +310,31 @@ class LifepoolExec(LifepoolPool):
     options: dict = {"start_method": "exec"}
 
 
+class LifepoolRay(LifepoolPool):
+    """``LifecyclePool(Echo, backend=lifepool.RayBackend(num_cpus=0))``: lifepool on the same local Ray as ``ray``."""
+
+    name = "lifepool-ray"
+    module = "ray"
+
+    def prepare(self) -> None:
+        """Import lifepool and Ray and start Ray as the ``ray`` peer does (untimed)."""
+        super().prepare()
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        self._ray = ray
+        self._backend = self._lib.RayBackend(num_cpus=0)  # (as the ray peer's actors: num_cpus=0)
+
+    def create(self) -> contextlib.AbstractContextManager:
+        """Build a LifecyclePool of Echo containers, one Ray actor each."""
+        return self._lib.LifecyclePool(Echo, containers=self.containers, backend=self._backend)
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Shut the pool down, then Ray (the pool did not start it, so it leaves it running)."""
+        super().__exit__(*exc_info)
+        self._ray.shutdown()
+
+
 class LifepoolBatched(LifepoolPool):
     """lifepool calling ``Model.predict``, a ``@lifepool.batched`` method, one input at a time."""
 
@@ -574,6 +599,7 @@ POOLS: dict[str, type[Pool]] = {
     cls.name: cls
     for cls in (
         LifepoolPool,
+        LifepoolRay,
         LifepoolUnbatched,
         PipeFloor,
         LifepoolExec,
@@ -910,7 +936,7 @@ class Scenario:
     containers: Callable[[Settings], tuple[int, ...]]
 
 
-POOL_PEERS = ("ppe", "mp.Pool", "loky", "mpire", "ray")
+POOL_PEERS = ("ppe", "mp.Pool", "loky", "mpire", "ray", "lifepool-ray")
 SCENARIOS = {
     sc.name: sc
     for sc in (
@@ -939,7 +965,7 @@ SCENARIOS = {
             "map-generator",
             "the same map over a generator (ppe and loky, at ~5k items/s, left out)",
             measure_map_generator,
-            ("lifepool", "mp.Pool", "mpire", "ray"),
+            ("lifepool", "mp.Pool", "mpire", "ray", "lifepool-ray"),
             lambda s: (2,),
         ),
         Scenario(

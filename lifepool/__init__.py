@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from . import app, modal
     from ._handles import RemoteMethod
     from ._pool import LifecyclePool
+    from ._ray import RayBackend
     from ._schedule import ContainerState, PoolState
     from ._status import ContainerStatus, PoolStatus
     from .app import (
@@ -63,6 +64,7 @@ __all__ = [
     "ParentExitedError",
     "PoolState",
     "PoolStatus",
+    "RayBackend",
     "RemoteError",
     "RemoteMethod",
     "Retries",
@@ -107,6 +109,7 @@ _LAZY = {
     "LifecyclePool": "._pool",
     "PoolState": "._schedule",
     "PoolStatus": "._status",
+    "RayBackend": "._ray",  # (imports ray: only when asked for)
     "RemoteMethod": "._handles",
     **dict.fromkeys(_APP_NAMES, ".app"),
 }

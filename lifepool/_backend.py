@@ -36,6 +36,9 @@ class Transport(abc.ABC):
     pid: int | None  # shown in errors and status (None where an engine has no process id)
     messages: Any  # selectable: readable when recv() may return without blocking
     sentinel: Any  # selectable: readable once the container is gone
+    # Forwarding of the container's stdout/stderr/logging (see _output), or None: the
+    # backend's business; a transport that forwards drains it before handing on a result.
+    output: Any = None
 
     @abc.abstractmethod
     def send(self, frames: list[bytes]) -> None:
@@ -90,6 +93,13 @@ class Backend(abc.ABC):
     """An engine that starts containers."""
 
     name: str
+    # Whether big buffers may travel through this machine's shared memory
+    # (``_shm``): only when every container runs on this machine. When False,
+    # the pool encodes its calls inline and tells the containers to do the same.
+    shared_memory: bool = True
+
+    def open(self, containers: int) -> None:  # noqa: B027 - optional: most engines need no set-up
+        """A pool of up to *containers* containers will use this engine (called once per pool, before any start)."""
 
     @abc.abstractmethod
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> Transport:
@@ -101,4 +111,7 @@ class Backend(abc.ABC):
         """
 
     def close(self) -> None:  # noqa: B027 - optional: most engines hold nothing per pool
-        """The pool is closed: release what the engine holds for it (nothing, by default)."""
+        """The pool is closed: release what the engine holds for it (nothing, by default).
+
+        Called once per :meth:`open`, when the pool's dispatcher ends.
+        """

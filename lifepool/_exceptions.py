@@ -23,6 +23,11 @@ traceback; the classes here describe what went wrong around them::
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # (not typing's: a container imports this module at start, and never typing)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Self
+
 __all__ = [
     "CallTimeoutError",
     "ContainerCrashedError",
@@ -62,11 +67,13 @@ class ContainerCrashedError(LifepoolError):
         self.pid = pid
         self.exitcode = exitcode
 
-    def __reduce__(self):  # keep the keyword attributes across pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the keyword attributes across pickling
         return (_rebuild_crash, (self.args, self.index, self.pid, self.exitcode))
 
 
-def _rebuild_crash(args, index, pid, exitcode):
+def _rebuild_crash(
+    args: tuple[Any, ...], index: int | None, pid: int | None, exitcode: int | None
+) -> ContainerCrashedError:
     return ContainerCrashedError(*args, index=index, pid=pid, exitcode=exitcode)
 
 
@@ -103,13 +110,13 @@ class ExitHookError(LifepoolError, ExceptionGroup):
     whose ``__cause__`` is what it raised.
     """
 
-    def __new__(cls, message: str, exceptions):
+    def __new__(cls, message: str, exceptions: Sequence[BaseException]) -> Self:
         return super().__new__(cls, message, [_as_exception(error) for error in exceptions])
 
-    def __init__(self, message: str, exceptions) -> None:
+    def __init__(self, message: str, exceptions: Sequence[BaseException]) -> None:
         super().__init__(message, self.exceptions)
 
-    def derive(self, excs):
+    def derive(self, excs: Sequence[Exception]) -> ExitHookError:  # type: ignore[override]
         return ExitHookError(self.message, excs)
 
 
@@ -139,7 +146,7 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
         super().__init__(message or f"received {signal.Signals(signum).name}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.signum, str(self)))
 
 

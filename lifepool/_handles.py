@@ -34,9 +34,9 @@ import queue
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
-from . import _wire
+from . import _progress, _wire
 from ._exceptions import note_origin
 from ._schedule._calls import undecodable as _undecodable
 from ._worker import STREAM_WINDOW
@@ -45,8 +45,11 @@ if TYPE_CHECKING:
     from ._pool import LifecyclePool
     from ._schedule import Call
 
+P = ParamSpec("P")  # the method's parameters (without self)
+R = TypeVar("R")  # what the method returns (for an async method: what it awaits to)
 
-class RemoteMethod:
+
+class RemoteMethod(Generic[P, R]):
     """A method of the pool's target class, callable in the containers.
 
     ``call``/``remote`` block and return the result, ``spawn`` returns a
@@ -55,25 +58,26 @@ class RemoteMethod:
     ``map``, ``starmap`` and ``remote_gen`` has an ``.aio`` twin.
     """
 
-    def __init__(self, pool: LifecyclePool, name: str) -> None:
+    def __init__(self, pool: LifecyclePool[Any], name: str) -> None:
         self._pool = pool
         self.name = name
         self.label = f"{pool._info.name}.{name}"
         self.is_generator = name in pool._info.generators
         self.is_async = inspect.iscoroutinefunction(inspect.getattr_static(pool._target_class, name, None))
         self._kind = name if name in pool._info.batched else None
-        self.call = self.remote = _Call(self)
-        self.map = _Map(self, star=False)
-        self.starmap = _Map(self, star=True)
-        self.remote_gen = _Stream(self)
+        self.call: _Call[P, R] = _Call(self)
+        self.remote: _Call[P, R] = self.call
+        self.map: _Map[R] = _Map(self, star=False)
+        self.starmap: _Map[R] = _Map(self, star=True)
+        self.remote_gen: _Stream[P] = _Stream(self)
 
     def __repr__(self) -> str:
         return f"<lifepool method {self.label} of {self._pool!r}>"
 
-    def spawn(self, *args: Any, **kwargs: Any) -> Future[Any]:
+    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Start the call in a container and return its ``concurrent.futures.Future``."""
         self._not_a_generator("spawn")
-        return self._pool._spawn(self.name, self.label, args, kwargs, self._kind)
+        return cast("Future[R]", self._pool._spawn(self.name, self.label, args, kwargs, self._kind))
 
     def _not_a_generator(self, how: str) -> None:
         if self.is_generator:
@@ -83,35 +87,43 @@ class RemoteMethod:
             )
 
 
-class _Call:
+class _Call(Generic[P, R]):
     """``handle.call(...)`` blocks; ``await handle.call.aio(...)`` does not."""
 
-    def __init__(self, method: RemoteMethod) -> None:
+    def __init__(self, method: RemoteMethod[P, R]) -> None:
         self._method = method
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         method = self._method
         if method.is_generator:
             method._not_a_generator("call")
         ok, outcome = method._pool._run_blocking(method.name, method.label, args, kwargs)
         if ok:
-            return outcome
+            return cast(R, outcome)
         # Raised from here, the traceback reads: your line, this one, then the
         # container's frames.
         raise outcome
 
-    async def aio(self, *args: Any, **kwargs: Any) -> Any:
-        return await await_future(self._method._pool, self._method.spawn(*args, **kwargs))
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(R, await await_future(self._method._pool, self._method.spawn(*args, **kwargs)))
 
 
-class _Map:
+class _Map(Generic[R]):
     """``handle.map(*iterables)`` / ``handle.starmap(iterable)``, and their ``.aio`` twins."""
 
-    def __init__(self, method: RemoteMethod, *, star: bool) -> None:
+    def __init__(self, method: RemoteMethod[Any, R], *, star: bool) -> None:
         self._method = method
         self._star = star
 
-    def __call__(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
+    def __call__(
+        self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False, progress: Any = False
+    ) -> Iterator[R]:
+        """Results in input order (or as they finish, ``order_outputs=False``); lazy, windowed.
+
+        *return_exceptions* yields a failed input's exception instead of
+        raising it. *progress* shows a tqdm bar: True, a label, or a dict
+        of tqdm options (needs ``lifepool[progress]``).
+        """
         method = self._method
         method._not_a_generator("starmap" if self._star else "map")
         single = not self._star and len(iterables) == 1
@@ -125,29 +137,34 @@ class _Map:
             chunkable=not method.is_async,
             order_outputs=order_outputs,
             return_exceptions=return_exceptions,
+            progress=_progress.make(progress, method.label, _total(iterables, self._star)) if progress else None,
         )
 
-    def aio(self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
+    def aio(
+        self, *iterables: Any, order_outputs: bool = True, return_exceptions: bool = False, progress: Any = False
+    ) -> AsyncIterator[R]:
+        """``async for`` twin of ``map``/``starmap``; the inputs may be async iterables."""
         method = self._method
         method._not_a_generator("starmap.aio" if self._star else "map.aio")
         if self._star or not any(isinstance(it, AsyncIterable) for it in iterables):
             source: AsyncIterator[Any] = _async_iter(self._arg_tuples(iterables))
         else:
             source = _async_zip(*iterables)
-        return _amap(method, source, order_outputs, return_exceptions)
+        bar = _progress.make(progress, method.label, _total(iterables, self._star)) if progress else None
+        return _amap(method, source, order_outputs, return_exceptions, bar)
 
     def _arg_tuples(self, iterables: tuple[Any, ...]) -> Iterable[Any]:
         if self._star:
             if len(iterables) != 1:
                 raise TypeError("starmap() takes one iterable of argument tuples")
-            return iterables[0]
+            return cast(Iterable[Any], iterables[0])
         return zip(*iterables)
 
 
-class _Stream:
+class _Stream(Generic[P]):
     """``for item in handle.remote_gen(...)``; ``async for item in handle.remote_gen.aio(...)``."""
 
-    def __init__(self, method: RemoteMethod) -> None:
+    def __init__(self, method: RemoteMethod[P, Any]) -> None:
         self._method = method
 
     def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any], sink: Any) -> Future[Any]:
@@ -156,12 +173,12 @@ class _Stream:
             raise TypeError(f"{method.label} is not a generator method: call it with .call() or .spawn()")
         return method._pool._spawn(method.name, method.label, args, kwargs, None, sink)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
         items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         future = self._start(args, kwargs, items.put)
         return _stream(self._method._pool, future, items.get)
 
-    def aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    def aio(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -172,7 +189,7 @@ class _Stream:
         return _astream(self._method._pool, future, items.get)
 
 
-async def await_future(pool: LifecyclePool, future: Future[Any]) -> Any:
+async def await_future(pool: LifecyclePool[Any], future: Future[Any]) -> Any:
     """Await *future* without blocking the loop; cancelling the awaiting task cancels the call."""
     try:
         return await _awaitable(future)
@@ -218,7 +235,7 @@ def _awaitable(future: Future[Any]) -> asyncio.Future[Any]:
 
 
 def map_calls(
-    pool: LifecyclePool,
+    pool: LifecyclePool[Any],
     what: Any,
     label: str,
     arg_tuples: Iterable[Any],
@@ -229,15 +246,41 @@ def map_calls(
     order_outputs: bool = True,
     return_exceptions: bool = False,
     timeout: float | None = None,
+    progress: _progress.Progress | None = None,
 ) -> Iterator[Any]:
     """Submit calls lazily with a bounded window; the first window starts now, not at first ``next``.
 
     *arg_tuples* yields argument tuples, or with *single* the one argument of each call.
+    *progress* (a bar) counts each call as it completes, and is closed when the results end.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    if chunkable and kind is None and pool._can_chunk():
-        chunked = _ChunkedMap(pool, what, label, arg_tuples, single, order_outputs, return_exceptions, deadline)
-        return chunked.results()
+    try:
+        if chunkable and kind is None and pool._can_chunk():
+            chunked = _ChunkedMap(
+                pool, what, label, arg_tuples, single, order_outputs, return_exceptions, deadline, progress
+            )
+            return chunked.results()
+        return _map_calls(
+            pool, what, label, arg_tuples, single, kind, order_outputs, return_exceptions, deadline, progress
+        )
+    except BaseException:
+        if progress is not None:
+            progress.close()
+        raise
+
+
+def _map_calls(
+    pool: LifecyclePool[Any],
+    what: Any,
+    label: str,
+    arg_tuples: Iterable[Any],
+    single: bool,
+    kind: str | None,
+    order_outputs: bool,
+    return_exceptions: bool,
+    deadline: float | None,
+    progress: _progress.Progress | None,
+) -> Iterator[Any]:
     inputs = iter(arg_tuples)
     window = pool._window(kind)
     in_flight: collections.deque[Future[Any]] = collections.deque()
@@ -254,19 +297,24 @@ def map_calls(
             input_error.append(error)
             return False
         future = pool._spawn(what, label, (args,) if single else tuple(args), {}, kind)
+        if counted is not None:
+            future.add_done_callback(counted)
         if not order_outputs:
             future.add_done_callback(finished.put)
         in_flight.append(future)
         return True
 
+    counted = None if progress is None else progress.counting(1)
     with _abandoning_on_error(pool, in_flight):
         while len(in_flight) < window and submit_next():
             pass
-    return _results(pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline, input_error)
+    return _results(
+        pool, in_flight, finished, submit_next, order_outputs, return_exceptions, deadline, input_error, progress
+    )
 
 
 @contextlib.contextmanager
-def _abandoning_on_error(pool: LifecyclePool, futures: Iterable[Any]) -> Iterator[None]:
+def _abandoning_on_error(pool: LifecyclePool[Any], futures: Iterable[Any]) -> Iterator[None]:
     """If submitting the first window fails (or is interrupted), drop what was submitted.
 
     The caller never gets the iterator, so nobody else will: a Ctrl-C landing
@@ -310,7 +358,7 @@ class _ChunkedMap:
 
     def __init__(
         self,
-        pool: LifecyclePool,
+        pool: LifecyclePool[Any],
         what: Any,
         label: str,
         inputs: Iterable[Any],
@@ -318,8 +366,10 @@ class _ChunkedMap:
         order_outputs: bool,
         return_exceptions: bool,
         deadline: float | None,
+        progress: _progress.Progress | None = None,
     ) -> None:
         self.pool = pool
+        self.progress = progress
         self.what = what
         self.label = label
         # Single inputs from a list, tuple or range are taken by slicing; anything else through its iterator.
@@ -355,9 +405,9 @@ class _ChunkedMap:
                 self.inputs = iter(())
             return inputs  # (extend keeps what came before the error)
         start = self.position
-        inputs = self.sequence[start : start + self.size]
-        self.position = start + len(inputs)
-        return inputs
+        sliced = self.sequence[start : start + self.size]
+        self.position = start + len(sliced)
+        return sliced
 
     def submit_next(self) -> bool:
         inputs = self.take()
@@ -373,6 +423,8 @@ class _ChunkedMap:
         future = self.pool._make_call(chunk, self.label, (), {}, None, sink)
         self.limit_bytes(_wire.size(future.body), len(inputs))  # (before it is sent: a done call lets its body go)
         self.pool._submit(future)
+        if self.progress is not None:
+            future.add_done_callback(self.progress.counting(len(inputs)))  # (a chunk counts its inputs)
         if not self.order_outputs:
             future.add_done_callback(self.finished.put)
         self.in_flight.append((future, partial, len(inputs)))
@@ -381,11 +433,11 @@ class _ChunkedMap:
     def results(self) -> Iterator[Any]:
         """The values, one per input: a C iterator over the lists :meth:`chunk_values` makes."""
         chunks = self.chunk_values()
-        results = _MapResults.from_iterable(chunks)
+        results = cast(_MapResults, _MapResults.from_iterable(chunks))
         results._chunks, results._map = chunks, self
         return results
 
-    def chunk_values(self) -> Iterator[list[Any]]:
+    def chunk_values(self) -> Generator[Iterable[Any], None, None]:
         """The values of each chunk as it finishes; raise the first error unless ``return_exceptions``.
 
         Dropping the iterator before the end abandons the chunks still out.
@@ -421,6 +473,8 @@ class _ChunkedMap:
             raise
         finally:
             self.abandon(interrupt=interrupted)
+            if self.progress is not None:
+                self.progress.close()
 
     def abandon(self, *, interrupt: bool) -> None:
         """Drop the chunks still out (interrupt them with *interrupt*); their outcomes are never decoded.
@@ -436,7 +490,7 @@ class _ChunkedMap:
             future.add_done_callback(functools.partial(_discard_outcomes, partial))
         self.in_flight.clear()
 
-    def outcomes(self, future: Call, partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
+    def outcomes(self, future: Future[Any], partial: list[Any], count: int) -> tuple[list[Any], set[int]]:
         """The values of a finished chunk, one per input, and the positions that hold an exception.
 
         Also adapts the chunk size to how long the inputs took.
@@ -458,12 +512,12 @@ class _ChunkedMap:
                 values.extend(_wire.loads(values_blob))
             except Exception as decoding:  # noqa: BLE001 - those inputs fail, the map goes on
                 # How many values it held went with it: the rest of the chunk gets the error.
-                error = _undecodable(future, decoding)
+                error = _undecodable(cast("Call", future), decoding)
                 for blob, _ in segments[index + 1 :]:
                     _wire.discard(blob)
                 break
             for position, blob in errors.items():
-                values[offset + position] = self.error(future, _wire.load_exception(blob))
+                values[offset + position] = self.error(cast("Call", future), _wire.load_exception(blob))
                 failed.add(offset + position)
         # Inputs whose outcome never came back (the container died, or the chunk was interrupted).
         failed.update(range(len(values), count))
@@ -480,7 +534,13 @@ class _ChunkedMap:
         return exc
 
 
-class _HandedOut(map):
+if TYPE_CHECKING:
+    _Map_ = map[Any]
+else:
+    _Map_ = map  # (the built-in map cannot be subscripted at run time)
+
+
+class _HandedOut(_Map_):
     """An iterator over a chunk's *values* that drops each value as it hands it out (bpo-14406).
 
     A list iterator would keep every value of the chunk alive until the last
@@ -488,6 +548,9 @@ class _HandedOut(map):
     would hold a chunk of them. This pops them instead (the list is reversed
     once), at C speed: ``map(values.pop, repeat(-1, n))``.
     """
+
+    _values: list[Any]
+    _counts: Iterator[int]
 
     def __new__(cls, values: list[Any]) -> _HandedOut:
         values.reverse()
@@ -511,10 +574,10 @@ def _discard_outcomes(partial: list[Any], future: Future[Any]) -> None:
         _wire.discard(values_blob)
 
 
-class _MapResults(itertools.chain):
+class _MapResults(itertools.chain[Any]):
     """What ``map`` returns for chunked inputs: a chain of each chunk's values, closable like a generator."""
 
-    _chunks: Generator[list[Any], None, None]
+    _chunks: Generator[Iterable[Any], None, None]
     _map: _ChunkedMap
 
     def close(self) -> None:
@@ -524,7 +587,7 @@ class _MapResults(itertools.chain):
 
 
 def _results(
-    pool: LifecyclePool,
+    pool: LifecyclePool[Any],
     in_flight: collections.deque[Future[Any]],
     finished: queue.SimpleQueue[Future[Any]],
     submit_next: Any,
@@ -532,6 +595,7 @@ def _results(
     return_exceptions: bool,
     deadline: float | None,
     input_error: list[Exception],
+    progress: _progress.Progress | None = None,
 ) -> Iterator[Any]:
     interrupted = False
     try:
@@ -558,6 +622,8 @@ def _results(
     finally:
         if in_flight:
             pool._abandon(list(in_flight), interrupt=interrupted)
+        if progress is not None:
+            progress.close()
 
 
 def _outcome(future: Future[Any], return_exceptions: bool) -> Any:
@@ -587,7 +653,11 @@ def _next_finished(finished: queue.SimpleQueue[Future[Any]], deadline: float | N
 
 
 async def _amap(
-    method: RemoteMethod, source: AsyncIterator[Any], order_outputs: bool, return_exceptions: bool
+    method: RemoteMethod[Any, Any],
+    source: AsyncIterator[Any],
+    order_outputs: bool,
+    return_exceptions: bool,
+    progress: _progress.Progress | None = None,
 ) -> AsyncIterator[Any]:
     pool = method._pool
     window = pool._window(method._kind)
@@ -613,6 +683,8 @@ async def _amap(
             exhausted = True
             return
         future = pool._spawn(method.name, method.label, tuple(args), {}, method._kind)
+        if progress is not None:
+            future.add_done_callback(progress.counting(1))
         waiter = _awaitable(future)
         if not order_outputs:
             waiter.add_done_callback(finished.put_nowait)
@@ -642,6 +714,8 @@ async def _amap(
     finally:
         if in_flight:
             pool._abandon([f for f, _ in in_flight], interrupt=interrupted)
+        if progress is not None:
+            progress.close()
 
 
 async def _async_iter(iterable: Any) -> AsyncIterator[Any]:
@@ -665,7 +739,7 @@ async def _async_zip(*iterables: Any) -> AsyncIterator[tuple[Any, ...]]:
 class _StreamReader:
     """What a stream's consumer does with each message, shared by the sync and async consumers."""
 
-    def __init__(self, pool: LifecyclePool, future: Future[Any]) -> None:
+    def __init__(self, pool: LifecyclePool[Any], future: Future[Any]) -> None:
         self.pool = pool
         self.future = future
         self.taken = 0
@@ -689,7 +763,7 @@ class _StreamReader:
             self.pool._abandon([self.future], interrupt=True)  # stops the generator in its container
 
 
-def _stream(pool: LifecyclePool, future: Future[Any], get: Any) -> Iterator[Any]:
+def _stream(pool: LifecyclePool[Any], future: Future[Any], get: Any) -> Iterator[Any]:
     reader = _StreamReader(pool, future)
     try:
         while True:
@@ -701,7 +775,7 @@ def _stream(pool: LifecyclePool, future: Future[Any], get: Any) -> Iterator[Any]
         reader.close()
 
 
-async def _astream(pool: LifecyclePool, future: Future[Any], get: Any) -> AsyncIterator[Any]:
+async def _astream(pool: LifecyclePool[Any], future: Future[Any], get: Any) -> AsyncIterator[Any]:
     reader = _StreamReader(pool, future)
     try:
         while True:
@@ -711,3 +785,11 @@ async def _astream(pool: LifecyclePool, future: Future[Any], get: Any) -> AsyncI
             yield value
     finally:
         reader.close()
+
+
+def _total(iterables: tuple[Any, ...], star: bool) -> int | None:
+    """How many calls ``map(*iterables)`` makes, if the inputs have lengths (a bar's total)."""
+    lengths = [_progress.length(iterable) for iterable in iterables]
+    if not lengths or None in lengths:
+        return None
+    return min(lengths)  # type: ignore[type-var]

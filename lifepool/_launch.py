@@ -140,6 +140,7 @@ class ExecProcess:
             import select
 
             # (Popen.wait with a timeout would poll; the sentinel says when it exits)
+            assert self.sentinel is not None  # (set by start)
             if not select.select([self.sentinel], [], [], max(timeout, 0))[0]:
                 return
         self._popen.wait()
@@ -246,7 +247,8 @@ def _has_pidfd() -> bool:
 def _interpreter_flags() -> list[str]:
     import subprocess
 
-    return subprocess._args_from_interpreter_flags()
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return flags
 
 
 class ChildEnd:

@@ -8,6 +8,9 @@
       messages = the socket          ◄── frames ──►    the container's end
       sentinel = pidfd (or a pipe)   ◄── readable once the process exited
       interrupt() = INTERRUPT_SIGNAL, kill() = SIGKILL, reap() = waitpid + close + sweep shm
+    with forward_output (see _output): three pipes ─►  fd 1, fd 2, a logging handler
+      the read ends stay here (a Forwarder thread;     (write ends, passed as Connections so
+      recv() drains them on RESULT/ITEM frames)         that every start method hands them over)
 
 The context is lifepool's own launcher (``_launch.ExecContext``, the default
 ``start_method="exec"``) or loky's / the standard library's; all of them give
@@ -22,21 +25,25 @@ import sys
 import threading
 from typing import Any
 
-from . import _launch, _shm, _wire, _worker
+from . import _launch, _output, _shm, _wire, _worker
 from ._backend import Backend, Transport
 
 
 class LocalTransport(Transport):
     """One container process and the parent's end of its socket."""
 
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: Any, conn: Any, output: Any = None) -> None:
         self.process = process
-        self.pid: int | None = process.pid
+        self.output = output  # an _output.ContainerOutput, or None (forward_output=False)
+        self.pid: int = process.pid
         self.messages = conn
         self.sentinel = process.sentinel
         self.fd = conn.fileno()  # written with _wire.send_bytes
         self.reader = _wire.Reader(self.fd)
-        self.recv = self.reader.recv  # (an attribute: the fast path calls it once per call)
+        self.recv = self.reader.recv  # type: ignore[method-assign]  # (the fast path calls it once per call)
+        if output is not None:
+            output.pid = self.pid
+            self.recv = _output.receiving(self.reader.recv, self.reader.ready, output)  # drains output before results
 
     def send(self, frames: list[bytes]) -> None:
         if len(frames) == 1:
@@ -85,7 +92,11 @@ class LocalTransport(Transport):
     def reap(self) -> int | None:
         process = self.process
         process.join()
-        code = process.exitcode
+        code: int | None = process.exitcode
+        if self.output is not None:
+            # What it printed before it died is forwarded before its calls fail
+            # (the pipe's end may come later: a subprocess of it may hold it).
+            self.output.drain()
         # Its process handle (a pidfd) goes now, not when the pool is collected:
         # a long-lived pool would otherwise keep one descriptor per crash.
         _launch.close_process(process)
@@ -103,24 +114,40 @@ class LocalTransport(Transport):
             self.messages.close()
         process_module = sys.modules.get("multiprocessing.process")
         if process_module is not None:
-            process_module._children.discard(self.process)  # type: ignore[attr-defined]
+            process_module._children.discard(self.process)
 
 
 class LocalBackend(Backend):
-    """Containers as local processes, started through *context* (see ``_pool._context``)."""
+    """Containers as local processes, started through *context* (see ``_options.context``)."""
 
     name = "local"
 
     def __init__(self, context: Any) -> None:
         self.context = context
+        self._forwarder: _output.Forwarder | None = None
 
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> LocalTransport:
-        options = {**options, "parent_pid": os.getpid()}
+        output_options = options.get("output")  # (the parent's: not sent to the container)
+        options = {**options, "parent_pid": os.getpid(), "output": None}
         with _starting:  # no fork of this process copies the start's descriptors (see _starting)
             parent_conn, child_conn = self.context.Pipe(duplex=True)
+            read_ends: tuple[int, ...] = ()
+            write_ends: list[Any] = []
+            args: tuple[Any, ...] = (child_conn, index, target_blob, options)
+            if output_options is not None:
+                if self._forwarder is None:
+                    self._forwarder = _output.Forwarder(options["pool_name"])
+                from multiprocessing.connection import Connection  # (not at import: a template imports this module)
+
+                read_ends, writes = self._forwarder.pipes()
+                # As Connections, every start method hands them over as it does
+                # the socket: pass_fds for "exec" and spawn, fd passing for the
+                # fork server and loky.
+                write_ends = [Connection(fd, readable=False) for fd in writes]
+                args = (*args, (*write_ends, _output.parent_log_level()))
             process = self.context.Process(
                 target=_worker.main,
-                args=(child_conn, index, target_blob, options),
+                args=args,
                 name=f"lifepool-{options['pool_name']}-{index}",
             )
             try:
@@ -128,9 +155,26 @@ class LocalBackend(Backend):
             except BaseException:
                 parent_conn.close()
                 child_conn.close()
+                for end in write_ends:
+                    end.close()
+                for fd in read_ends:
+                    os.close(fd)
                 raise
             child_conn.close()
-        return LocalTransport(process, parent_conn)
+            for end in write_ends:
+                end.close()  # (only the container holds them now: EOF when it and its children are gone)
+        output = None
+        if output_options is not None:
+            output = _output.ContainerOutput(
+                self._forwarder, read_ends, output_options.prefix(index, process.pid), index
+            )
+            self._forwarder.add(output)
+        return LocalTransport(process, parent_conn, output)
+
+    def close(self) -> None:
+        """Forward what the containers left in their pipes, close the pipes, stop the reader thread."""
+        if self._forwarder is not None:
+            self._forwarder.close()
 
 
 # Held while a container starts, and by every fork of this process (os.fork,

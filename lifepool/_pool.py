@@ -13,17 +13,16 @@ import functools
 import inspect
 import itertools
 import logging
-import math
 import os
 import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVar, Unpack, cast, overload
 
-from . import _hooks, _launch, _signals, _wire, _worker
+from . import _hooks, _options, _output, _progress, _signals, _wire, _worker
 from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod, map_calls
@@ -32,9 +31,10 @@ from ._status import PoolStatus
 
 logger = logging.getLogger("lifepool")
 
-START_METHODS = ("template", "exec", "loky", "spawn", "forkserver")
-BACKENDS = ("local",)
-DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
+
+T = TypeVar("T")  # the target's class
+P = ParamSpec("P")  # a method's parameters (without self)
+R = TypeVar("R")  # a method's result
 
 _call_ids = itertools.count(1)
 _pool_names = itertools.count(1)
@@ -44,7 +44,28 @@ _live: set[Dispatcher] = set()
 _live_lock = threading.Lock()
 
 
-class LifecyclePool(concurrent.futures.Executor):
+class PoolOptions(TypedDict, total=False):
+    """The pool's keyword options, for the overloads of ``LifecyclePool.__init__`` (see it for their meaning)."""
+
+    min_containers: int | None
+    max_containers: int | None
+    scaledown_window: float
+    max_inputs: int
+    exit_grace_period: float
+    start_method: str | None
+    name: str | None
+    timeout: float | None
+    retries: int
+    max_calls_per_container: int | None
+    handle_sigterm: bool
+    backend: str | Backend | None
+    env: dict[str, str | None] | Callable[[int], dict[str, str | None]] | None
+    cwd: str | os.PathLike[str] | None
+    forward_output: bool
+    output_prefix: str | Callable[[int], str] | None
+
+
+class LifecyclePool(concurrent.futures.Executor, Generic[T]):
     """A pool of containers, each running *target*'s enter hook once, many calls, and its exit hook once.
 
     See the README for the whole contract; the arguments:
@@ -97,7 +118,10 @@ class LifecyclePool(concurrent.futures.Executor):
         (see ``lifepool/_signals.py``). Default True.
     backend
         What runs the containers: ``"local"`` (the default: processes on this
-        machine, started with *start_method*).
+        machine, started with *start_method*), ``"ray"`` (one Ray actor per
+        container, on the cluster at ``RAY_ADDRESS`` or a local Ray; needs
+        ``pip install "lifepool[ray]"``), or a backend object such as
+        ``lifepool.RayBackend(address=..., num_gpus=1)``.
     env
         Environment variables set in each container before its target is
         unpickled: a dict (``None`` as a value unsets the variable), or a
@@ -105,8 +129,30 @@ class LifecyclePool(concurrent.futures.Executor):
         container index (replacements of container *i* get the same).
     cwd
         Working directory of each container, entered before its target is unpickled.
+    forward_output
+        Forward what each container writes to its stdout and stderr (prints,
+        C extensions, subprocesses) to this process's *current*
+        ``sys.stdout``/``sys.stderr``, whole lines, each with *output_prefix*,
+        and its ``logging`` records to this process's ``logging`` (with
+        ``container_index`` and ``container_pid`` attributes). Default True;
+        False leaves the containers' file descriptors 1 and 2 the parent's,
+        unprefixed, and their logging their own. See ``docs/architecture.md``.
+    output_prefix
+        The prefix of each forwarded line: a format string with the fields
+        ``{class}``, ``{index}``, ``{pid}`` and ``{pool}`` (default
+        ``"[{class}:{index}] "``), a callable ``prefix(index) -> str``, or
+        None for no prefix.
     """
 
+    _dispatcher: Dispatcher  # set last in __init__: __getattr__ and __repr__ look for it
+
+    # Two overloads bind T, the target's class, for a class and for an instance
+    # (LifecyclePool(Model) and LifecyclePool(Model(size="large")) are both
+    # LifecyclePool[Model]); the implementation below has the real signature.
+    @overload
+    def __init__(self, target: type[T], /, containers: int | None = None, **options: Unpack[PoolOptions]) -> None: ...
+    @overload
+    def __init__(self, target: T, /, containers: int | None = None, **options: Unpack[PoolOptions]) -> None: ...
     def __init__(
         self,
         target: Any,
@@ -127,8 +173,9 @@ class LifecyclePool(concurrent.futures.Executor):
         backend: str | Backend | None = None,
         env: dict[str, str | None] | Callable[[int], dict[str, str | None]] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        forward_output: bool = True,
+        output_prefix: str | Callable[[int], str] | None = _output.DEFAULT_PREFIX,
     ) -> None:
-        self._dispatcher: Dispatcher | None = None  # set last: __getattr__ and __repr__ look for it
         if _worker.importing_target():
             raise RuntimeError(
                 "a lifepool pool cannot be made while a container imports its target's module: the module "
@@ -136,25 +183,29 @@ class LifecyclePool(concurrent.futures.Executor):
                 'pool in a function, or under `if __name__ == "__main__":`'
             )
         cls = target if isinstance(target, type) else type(target)
-        minimum, maximum = _container_counts(containers, min_containers, max_containers)
-        _check_window(scaledown_window)
-        _check_int("max_inputs", max_inputs, minimum=1)
-        _check_int("retries", retries, minimum=0)
+        minimum, maximum = _options.container_counts(containers, min_containers, max_containers)
+        _options.check_window(scaledown_window)
+        _options.check_int("max_inputs", max_inputs, minimum=1)
+        _options.check_int("retries", retries, minimum=0)
         if max_calls_per_container is not None:
-            _check_int("max_calls_per_container", max_calls_per_container, minimum=1)
-        _check_seconds("exit_grace_period", exit_grace_period)
+            _options.check_int("max_calls_per_container", max_calls_per_container, minimum=1)
+        _options.check_seconds("exit_grace_period", exit_grace_period)
         if timeout is not None:
-            _check_seconds("timeout", timeout)
-        if start_method is not None and start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {START_METHODS} or None, not {start_method!r}")
-        engine = _backend(backend, start_method)
+            _options.check_seconds("timeout", timeout)
+        if start_method is not None and start_method not in _options.START_METHODS:
+            raise ValueError(f"start_method must be one of {_options.START_METHODS} or None, not {start_method!r}")
+        engine = _options.engine(backend, start_method)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
-        environment = _environment(env, cwd, maximum)
+        environment = _options.environment(env, cwd, maximum)
+        if not isinstance(forward_output, bool):
+            raise TypeError(f"forward_output must be a bool, not {type(forward_output).__name__}")
         if inspect.isroutine(target) or inspect.ismodule(target):
             raise TypeError(f"target must be a class or an instance of one, not {target!r}")
+        # Containers on other machines cannot map this machine's shared memory.
+        self._dumps = _wire.dumps if engine.shared_memory else _wire.dumps_inline
         try:
-            target_blob = _wire.dumps(target)
+            target_blob = self._dumps(target)
         except Exception as error:
             raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
 
@@ -165,9 +216,13 @@ class LifecyclePool(concurrent.futures.Executor):
         self._max_inputs = max_inputs
         self._capacity = maximum * max_inputs
         self.name = name or f"pool-{next(_pool_names)}"
-        self._handles: dict[str, RemoteMethod] = {}
+        output: _output.OutputOptions | None = _output.OutputOptions(output_prefix, self._info.name, self.name)
+        if not forward_output:
+            output = None  # (the prefix is validated either way)
+        self._handles: dict[str, RemoteMethod[..., Any]] = {}
         self._exit_errors_reported = False
         _signals.note_shown_errors()  # (an error shown before this pool existed cannot end the program at exit)
+        engine.open(maximum)  # (closed by the dispatcher when it ends)
         dispatcher = Dispatcher(
             self.name,
             target_blob,
@@ -183,8 +238,9 @@ class LifecyclePool(concurrent.futures.Executor):
                 "retries": retries,
                 "max_calls_per_container": max_calls_per_container,
                 "batched": self._info.batched,
-                "authkey": _authkey(),
+                "authkey": _options.authkey(),
                 "environment": environment,
+                "output": output,
             },
             on_closed=_forget,
         )
@@ -198,7 +254,7 @@ class LifecyclePool(concurrent.futures.Executor):
         weakref.finalize(self, _abandoned, dispatcher)
 
     def __repr__(self) -> str:
-        dispatcher = self._dispatcher
+        dispatcher: Dispatcher | None = self.__dict__.get("_dispatcher")
         if dispatcher is None:
             return f"<LifecyclePool (not made) at {id(self):#x}>"
         # (read without the tables' lock: a repr must never wait, nor hang in a done callback)
@@ -219,7 +275,8 @@ class LifecyclePool(concurrent.futures.Executor):
         return self._dispatcher.status()
 
     # -- method handles ---------------------------------------------------
-    def __getattr__(self, name: str) -> RemoteMethod:
+    def __getattr__(self, name: str) -> RemoteMethod[..., Any]:
+        """``pool.NAME``: the handle of the target's public method NAME (see :meth:`method` for a typed one)."""
         if name.startswith("_") or self.__dict__.get("_dispatcher") is None:
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}"
@@ -231,8 +288,22 @@ class LifecyclePool(concurrent.futures.Executor):
         self.__dict__[name] = handle
         return handle
 
-    def method(self, name: str) -> RemoteMethod:
-        """The handle of the target's public method *name* (also those the pool's own names hide)."""
+    @overload
+    def method(self, name: Callable[Concatenate[T, P], Awaitable[R]], /) -> RemoteMethod[P, R]: ...
+    @overload
+    def method(self, name: Callable[Concatenate[T, P], R], /) -> RemoteMethod[P, R]: ...
+    @overload
+    def method(self, name: str, /) -> RemoteMethod[..., Any]: ...
+    def method(self, name: Any, /) -> RemoteMethod[..., Any]:
+        """The handle of a public method of the target, by *name* or as the function itself.
+
+        ``pool.method("map")`` reaches a method whose name the pool itself uses.
+        ``pool.method(Model.predict)`` is the same handle as ``pool.predict``,
+        typed for a checker: ``pool.method(Model.predict).call(x)`` has the
+        type ``Model.predict`` returns, and its arguments are checked.
+        """
+        if not isinstance(name, str):
+            name = self._method_name(name)
         handle = self._handles.get(name)
         if handle is None:
             if name not in self._info.methods:
@@ -240,24 +311,48 @@ class LifecyclePool(concurrent.futures.Executor):
             handle = self._handles[name] = RemoteMethod(self, name)
         return handle
 
+    def _method_name(self, function: Any) -> str:
+        """The name of the target's method *function* (``Model.predict``), checked to be that method."""
+        name = getattr(function, "__name__", None)
+        found = None if not isinstance(name, str) else inspect.getattr_static(self._target_class, name, None)
+        if isinstance(found, (staticmethod, classmethod)):
+            found = found.__func__
+        if name is None or found is not function:
+            raise TypeError(
+                f"method() takes a method name or a method of {self._info.name} (such as "
+                f"{self._info.name}.{next(iter(self._info.methods), 'predict')}), not {function!r}"
+            )
+        return str(name)
+
     # -- Executor API -------------------------------------------------------
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` in some container; ``lifepool.current_container()`` works there."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {fn!r}")
-        return self._spawn(fn, _label(fn), args, kwargs)
+        return cast("Future[R]", self._spawn(fn, _label(fn), args, kwargs))
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-    ) -> Iterator[Any]:
-        """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed)."""
+        progress: Any = False,
+    ) -> Iterator[R]:
+        """``concurrent.futures``-style map of a plain callable over the containers (lazy, windowed).
+
+        *progress* shows a tqdm bar: True, a label, or a dict of tqdm options
+        (needs ``lifepool[progress]``). *chunksize* is accepted for
+        compatibility; lifepool sizes chunks by itself.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         single = len(iterables) == 1
+        bar = None
+        if progress:
+            lengths = [_progress.length(iterable) for iterable in iterables]
+            total = None if not lengths or None in lengths else min(lengths)  # type: ignore[type-var]
+            bar = _progress.make(progress, _label(fn), total)
         return map_calls(
             self,
             fn,
@@ -266,6 +361,7 @@ class LifecyclePool(concurrent.futures.Executor):
             single=single,
             chunkable=not inspect.iscoroutinefunction(fn),
             timeout=timeout,
+            progress=bar,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -287,7 +383,7 @@ class LifecyclePool(concurrent.futures.Executor):
         if errors:
             raise ExitHookError(f"exit hooks failed in pool {self.name!r}", errors)
 
-    def __enter__(self) -> LifecyclePool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -364,7 +460,7 @@ class LifecyclePool(concurrent.futures.Executor):
         """
         self._dispatcher.check_accepting()
         try:
-            body = _wire.dumps((what, args, kwargs))
+            body = self._dumps((what, args, kwargs))
         except Exception as error:
             add_note(error, f"lifepool: the arguments of {label} could not be pickled")
             raise
@@ -389,7 +485,7 @@ class LifecyclePool(concurrent.futures.Executor):
             call.cancel()
             raise
 
-    def _abandon(self, futures: list[Call], *, interrupt: bool) -> None:
+    def _abandon(self, futures: Iterable[Future[Any]], *, interrupt: bool) -> None:
         """Cancel queued calls among *futures*; with *interrupt*, interrupt the running ones."""
         for future in futures:
             if not future.cancel() and interrupt and not future.done():
@@ -406,7 +502,7 @@ class LifecyclePool(concurrent.futures.Executor):
         dispatcher = self._dispatcher
         return dispatcher.timeout is None and dispatcher.retries == 0 and dispatcher.max_calls is None
 
-    def _grant(self, future: Call, count: int) -> None:
+    def _grant(self, future: Future[Any], count: int) -> None:
         """Let a stream's container send *count* more items."""
         self._dispatcher.control("credit", future, count)
 
@@ -534,7 +630,7 @@ def _at_interpreter_exit() -> None:
         _signals.interrupted_at_exit(interrupt)
 
 
-threading._register_atexit(_at_interpreter_exit)
+threading._register_atexit(_at_interpreter_exit)  # type: ignore[attr-defined]  # (before the interpreter's own exit waits)
 
 
 def _after_fork_in_child() -> None:
@@ -571,13 +667,6 @@ def _as_if_propagated(error: BaseException) -> BaseException:
     return copy.with_traceback(tb)
 
 
-def _authkey() -> bytes:
-    """This process's multiprocessing auth key, which containers take as theirs (see _worker.share_authkey)."""
-    import multiprocessing.process  # (already imported: the containers' pipes are multiprocessing's)
-
-    return bytes(multiprocessing.process.current_process().authkey)
-
-
 def _label(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -588,117 +677,3 @@ def _no_method(info: _hooks.ClassInfo, name: str) -> str:
     if name.startswith("_"):
         return f"{info.name}.{name} is private; only public methods can be called remotely"
     return f"{info.name} has no public method {name!r}"
-
-
-def _container_counts(containers: Any, minimum: Any, maximum: Any) -> tuple[int, int]:
-    """(min_containers, max_containers) from the pool's three ways of saying it."""
-    if containers is not None:
-        if minimum is not None or maximum is not None:
-            raise ValueError(
-                "containers= makes a fixed pool; give either containers= or min_containers=/max_containers=, not both"
-            )
-        _check_int("containers", containers, minimum=1)
-        return containers, containers
-    if minimum is not None:
-        _check_int("min_containers", minimum, minimum=0)
-    if maximum is not None:
-        _check_int("max_containers", maximum, minimum=1)
-    if minimum is None or maximum is None:
-        import loky  # (only for this: the containers are not started through loky by default)
-
-        cpus = loky.cpu_count()
-        if minimum is None and maximum is None:
-            return cpus, cpus  # (a fixed pool, one container per CPU)
-        if minimum is None:
-            minimum = 0
-        if maximum is None:
-            maximum = max(minimum, cpus, 1)
-    if minimum > maximum:
-        raise ValueError(f"min_containers ({minimum}) must be <= max_containers ({maximum})")
-    return minimum, maximum
-
-
-def _check_window(value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"scaledown_window must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"scaledown_window must be a finite number of seconds >= 0, not {value}")
-
-
-def _backend(backend: Any, start_method: str | None) -> Backend:
-    """The engine that runs the containers (see lifepool/_backend.py)."""
-    if backend is None:
-        backend = DEFAULT_BACKEND
-    if isinstance(backend, Backend):
-        return backend
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be one of {BACKENDS} or a lifepool backend object, not {backend!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    from ._local import LocalBackend
-
-    if start_method in (None, "template"):
-        from . import _template
-
-        if _template.can_use():
-            return _template.TemplateBackend()
-        start_method = "exec"
-    return LocalBackend(_context(start_method))
-
-
-def _context(start_method: str) -> Any:
-    """What starts the containers: an object with ``Pipe`` and ``Process``, like a multiprocessing context."""
-    if start_method == "exec":
-        return _launch.ExecContext()
-    from loky.backend.context import get_context  # "loky", and the standard library's "spawn"/"forkserver"
-
-    return get_context(start_method)
-
-
-def _environment(env: Any, cwd: Any, containers: int) -> dict[str, Any] | None:
-    """The per-container ``env=``/``cwd=`` the containers apply before unpickling the target (see _worker).
-
-    A callable *env* is called here, in the parent, once per container index:
-    the containers get plain dicts, so nothing of the user's has to be
-    unpickled before the environment is in place.
-    """
-    if env is None and cwd is None:
-        return None
-    envs = None
-    if env is not None:
-        if callable(env):
-            envs = [_check_env(env(index), f"env({index})") for index in range(containers)]
-        else:
-            envs = [_check_env(env, "env")] * containers
-    if cwd is not None:
-        if not isinstance(cwd, (str, os.PathLike)):
-            raise TypeError(f"cwd must be a path, not {type(cwd).__name__}")
-        cwd = os.path.abspath(os.fspath(cwd))
-        if not os.path.isdir(cwd):
-            raise ValueError(f"cwd {cwd!r} is not a directory")
-    return {"env": envs, "cwd": cwd}
-
-
-def _check_env(env: Any, what: str) -> dict[str, str | None]:
-    if not isinstance(env, dict):
-        raise TypeError(f"{what} must be a dict of str to str (or None), not {type(env).__name__}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise ValueError(f"{what}: {key!r} is not an environment variable name")
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{what}[{key!r}] must be a str or None, not {type(value).__name__}")
-    return dict(env)
-
-
-def _check_int(what: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, not {value}")
-
-
-def _check_seconds(what: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive, finite number of seconds, not {value}")

@@ -9,9 +9,13 @@
                                                imports load here), instantiate,
                                                snap hooks, gc.freeze()
     start(): socketpair + sentinel pipe
-      ("fork", id, index, options)
-      + SCM_RIGHTS [socket end, pipe w] ─────► os.fork() ───────────────────────► _worker.main(conn, index,
-                                               closes its copies of both ends      snapshot=the instance)
+      (+ forward_output: 3 output pipes)
+      ("fork", id, index, options, level)
+      + SCM_RIGHTS [socket end, pipe w, 1, 2,
+        (out w, err w, log w)] ──────────────► os.fork() ───────────────────────► _worker.main(conn, index,
+                                               closes its copies of every end      output=the 3 ends,
+                                                                                   snapshot=the instance):
+                                                                                   _output.redirect first
            ◄──────────────────────────────── ("pid", id, pid)                      ordinary enter hooks, serve
       pidfd_open(pid) (not reaped yet: the
       pid is still this container's)
@@ -47,6 +51,12 @@ What the container keeps of ``"exec"``'s guarantees, and how:
   read of its control socket: EOF (the parent is gone, or closed the pool)
   ends it with ``os._exit``, running none of the user's hooks. Containers
   outlive a template that dies; the next start makes a new template.
+* Output forwarding. The container's pipes are made in the parent and the
+  read ends stay there (a ``ContainerOutput`` on the pool's ``Forwarder``,
+  drained by ``recv`` and ``reap`` exactly as for ``LocalTransport``); the
+  template holds the write ends only from the request to the fork. Its own
+  load prints into the pipes of the container whose start made it, and
+  gives them back before the first fork (``_output.lend``).
 * Threads. A fork copies only the forking thread. If the template has more
   Python threads than one after the snap hooks (``threading.active_count()``),
   it warns once and starts each container by fork+exec instead, with the snap
@@ -60,6 +70,8 @@ What the container keeps of ``"exec"``'s guarantees, and how:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -70,11 +82,12 @@ import socket
 import threading
 import weakref
 
-from . import _launch, _local, _wire, _worker
+from . import _launch, _local, _output, _wire, _worker
 from ._local import LocalBackend, LocalTransport
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 logger = logging.getLogger("lifepool")
@@ -93,14 +106,14 @@ def can_use() -> bool:
 class Template:
     """The parent's handle on one template process and its control socket."""
 
-    def __init__(self, target_blob: bytes, options: dict[str, Any]) -> None:
+    def __init__(self, target_blob: bytes, options: dict[str, Any], output: tuple[int, ...] = ()) -> None:
         from . import _zygote
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options)
+            pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options, output)
             if pid is None:  # (the zygote died: once more with a new one)
-                pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options)
+                pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options, output)
             if pid is None:
                 raise OSError("lifepool could not start a template process (its zygote died)")
             # The zygote reaps it only when a later request comes, which waits for our lock: still this one.
@@ -132,8 +145,13 @@ class Template:
         return request_id
 
     def reply(self, request_id: int, timeout: float | None) -> tuple[bool, Any]:
-        """(True, value) once the template answered *request_id*; (False, None) if not within *timeout* or never."""
-        with self._lock:
+        """(True, value) once the template answered *request_id*; (False, None) if not within *timeout* or never.
+
+        With *timeout* 0 it never waits, not even for another thread reading the socket.
+        """
+        if not self._lock.acquire(blocking=timeout != 0):
+            return False, None
+        with _held(self._lock):
             while request_id not in self._replies:
                 if self.broken or not select.select([self.sock], [], [], timeout)[0]:
                     return False, None
@@ -169,6 +187,15 @@ class Template:
         _live.discard(self)
 
 
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """Release *lock*, acquired already, at the end of the block."""
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 _live: weakref.WeakSet[Template] = weakref.WeakSet()
 
 
@@ -186,18 +213,45 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class TemplateTransport(LocalTransport):
     """A container forked by a template: signals through a pidfd, exit status from the template."""
 
-    def __init__(self, template: Template, request_id: int, sentinel: int, conn: Any) -> None:
+    def __init__(
+        self, template: Template, request_id: int, sentinel: int, conn: Any, output: _output.ContainerOutput | None
+    ) -> None:
         self.template = template
         self.request_id = request_id
         self._pid: int | None = None
         self._pidfd: int | None = None
         self._known = False  # the template answered (with a pid, or None: it could not start it)
+        self._learning = threading.Lock()  # (the dispatcher, a borrower and the output's reader may ask)
         self.process = None
         self.messages = conn
         self.sentinel = sentinel
         self.fd = conn.fileno()
         self.reader = _wire.Reader(self.fd)
-        self.recv = self.reader.recv
+        self.recv = self.reader.recv  # type: ignore[method-assign]
+        self.output = output
+        if output is not None:
+            output.learn_pid = self._learned_pid  # (a prefix may show the pid; log records carry it)
+            self.recv = _output.receiving(self.reader.recv, self.reader.ready, output)  # drains output before results
+        self._recv = self.recv
+        self.recv = self._first_recv
+
+    def _first_recv(self) -> bytes | bytearray:
+        """The first frame: the container runs, so the template's answer with its pid is sent or about to be.
+
+        The pid (and the pidfd) are known from here on, as for a container
+        started by its Process; then ``recv`` is the reader's again.
+        """
+        data = self._recv()
+        self.recv = self._recv  # type: ignore[method-assign]
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT)
+        return data
+
+    def _learned_pid(self, wait: bool) -> int | None:
+        """The pid if the template has said it (or, *wait*, once it says: it has forked the container, or will)."""
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT if wait else 0)
+        return self._pid
 
     @property  # type: ignore[override]
     def pid(self) -> int | None:
@@ -207,19 +261,27 @@ class TemplateTransport(LocalTransport):
         return self._pid
 
     def _learn(self, timeout: float | None) -> None:
-        answered, pid = self.template.reply(self.request_id, timeout)
-        if not answered:
-            if self.template.broken:
-                self._known = True  # (never started, or its template died before saying)
+        # (without a timeout, never wait for another thread's learning either: the dispatcher must not block)
+        if not self._learning.acquire(blocking=timeout != 0):
             return
-        self._known = True
-        self._pid = pid
-        if pid is not None:
-            try:
-                # Not reaped before the parent says so: this is the container.
-                self._pidfd = os.pidfd_open(pid)
-            except OSError:
-                self._pidfd = None
+        try:
+            if self._known:
+                return
+            answered, pid = self.template.reply(self.request_id, timeout)
+            if not answered:
+                if self.template.broken:
+                    self._known = True  # (never started, or its template died before saying)
+                return
+            if pid is not None:
+                try:
+                    # Not reaped before the parent says so: this is the container.
+                    self._pidfd = os.pidfd_open(pid)
+                except OSError:
+                    self._pidfd = None
+            self._pid = pid
+            self._known = True
+        finally:
+            self._learning.release()
 
     def _signal(self, signum: int) -> None:
         if not self._known:
@@ -251,6 +313,9 @@ class TemplateTransport(LocalTransport):
             answered, code = self.template.reply(self.template.request(("reap", self._pid)), _REPLY_TIMEOUT)
             if not answered:
                 code = None
+        if self.output is not None:
+            # What it printed before it died is forwarded before its calls fail (as LocalTransport.reap).
+            self.output.drain()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -285,32 +350,71 @@ class TemplateBackend(LocalBackend):
         self._old: list[Template] = []  # died; reaped at close (containers may still ask them)
 
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> LocalTransport:
-        options = {**options, "parent_pid": os.getpid()}
+        output_options = options.get("output")  # (the parent's: not sent to the template nor the container)
+        options = {**options, "parent_pid": os.getpid(), "output": None}
+        level = None
+        if output_options is not None:
+            level = _output.parent_log_level()
+            if self._forwarder is None:
+                self._forwarder = _output.Forwarder(options["pool_name"])
         with _local._starting:
             for _attempt in range(2):  # (a template found dead only when the request could not be sent: again)
-                template = self._template(target_blob, options)
+                read_ends: tuple[int, ...] = ()
+                write_ends: tuple[int, ...] = ()
+                if self._forwarder is not None and output_options is not None:
+                    # As for LocalBackend: three pipes, the read ends stay here, the write
+                    # ends go to the template with the socket's end and are the child's after the fork.
+                    read_ends, write_ends = self._forwarder.pipes()
                 parent_conn, child_conn = self.context.Pipe(duplex=True)
                 sentinel_r, sentinel_w = os.pipe()
                 try:
-                    # (descriptors 1 and 2 too: a container writes to the parent's stdout and stderr of its start)
-                    request_id = template.request(("fork", index, options), [child_conn.fileno(), sentinel_w, 1, 2])
+                    template = self._template(target_blob, options, write_ends, level)
+                    # (descriptors 1 and 2 too: a container writes to the parent's stdout and stderr of its
+                    # start until it redirects them, or for good without forward_output)
+                    request_id = template.request(
+                        ("fork", index, options, level), [child_conn.fileno(), sentinel_w, 1, 2, *write_ends]
+                    )
                 except BaseException:
                     parent_conn.close()
                     os.close(sentinel_r)
+                    for fd in read_ends:
+                        os.close(fd)
                     raise
                 finally:
                     child_conn.close()
                     os.close(sentinel_w)  # (the message in flight holds one; then only the container)
+                    for fd in write_ends:
+                        os.close(fd)  # (likewise: the container holds them, and its template while it loads)
                 if not template.broken:
                     break
                 parent_conn.close()
                 os.close(sentinel_r)
+                for fd in read_ends:
+                    os.close(fd)
             else:
                 raise OSError(f"lifepool could not reach a template process for pool {options['pool_name']!r}")
-        return TemplateTransport(template, request_id, sentinel_r, parent_conn)
+        output = None
+        if self._forwarder is not None and output_options is not None:
+            # (the pid comes later, from the template: a prefix showing it is made at the first line)
+            prefix = (
+                functools.partial(output_options.prefix, index)
+                if output_options.uses_pid()
+                else output_options.prefix(index, None)
+            )
+            output = _output.ContainerOutput(self._forwarder, read_ends, prefix, index)
+        transport = TemplateTransport(template, request_id, sentinel_r, parent_conn, output)
+        if output is not None and self._forwarder is not None:
+            self._forwarder.add(output)
+        return transport
 
-    def _template(self, target_blob: bytes, options: dict[str, Any]) -> Template:
-        """The pool's template; a new one if there is none yet or it died."""
+    def _template(
+        self, target_blob: bytes, options: dict[str, Any], output: tuple[int, ...], level: int | None
+    ) -> Template:
+        """The pool's template; a new one if there is none yet or it died.
+
+        A new one prints and logs its load (the snap hooks) into *output*, the
+        pipes of the container whose start made it (see ``_output.lend``).
+        """
         template = self.template
         if template is None or not template.usable():
             if template is not None:
@@ -320,7 +424,7 @@ class TemplateBackend(LocalBackend):
                     template.pid,
                 )
                 self._old.append(template)
-            template = self.template = Template(target_blob, _template_options(options))
+            template = self.template = Template(target_blob, _template_options(options, level), output)
         return template
 
     def close(self) -> None:
@@ -328,16 +432,17 @@ class TemplateBackend(LocalBackend):
             template.close()
         self._old.clear()
         self.template = None
+        super().close()  # (the output forwarder: what the containers left in their pipes)
 
 
-def _template_options(options: dict[str, Any]) -> dict[str, Any]:
+def _template_options(options: dict[str, Any], level: int | None) -> dict[str, Any]:
     environment = options.get("environment")
     if environment is not None and environment["env"] is not None:
         envs = environment["env"]
         # The module is imported once, in the template: only an env= shared by every container applies there.
         shared = envs[0] if all(env == envs[0] for env in envs) else None
         environment = {**environment, "env": None if shared is None else [shared]}
-    return {**options, "environment": environment}
+    return {**options, "environment": environment, "output_level": level}
 
 
 # -- the template's side ---------------------------------------------------
@@ -353,8 +458,12 @@ class Snapshot:
         self.threads_warning: str | None = None  # set: fork is unsafe, containers are exec'd
 
 
-def serve(control: Any, target_blob: bytes, options: dict[str, Any]) -> None:
-    """The template program (started by ``_launch.ExecProcess``): load once, then fork on request."""
+def serve(control: Any, target_blob: bytes, options: dict[str, Any], output: list[int] | None = None) -> None:
+    """The template program (forked by the zygote): load once, then fork on request.
+
+    *output*: with ``forward_output``, the write ends of the pipes of the
+    container whose start made this template: the load prints into them.
+    """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _worker._ignore_signal)
         signal.siginterrupt(signum, False)
@@ -362,21 +471,31 @@ def serve(control: Any, target_blob: bytes, options: dict[str, Any]) -> None:
     _worker._set_process_name(options["pool_name"], "t")
     _worker.share_authkey(options.get("authkey"))
     sock = socket.socket(fileno=control.fileno())
-    snapshot = _load(target_blob, options)
+    if output:
+        from . import _output
+
+        ends = (*(_launch.ChildEnd(fd) for fd in output), options["output_level"])
+        give_back = _output.lend(ends)  # type: ignore[arg-type]
+        try:
+            snapshot = _load(target_blob, options)
+        finally:
+            give_back()
+    else:
+        snapshot = _load(target_blob, options)
     if snapshot.threads_warning is not None:
         sock.send(pickle.dumps(("warn", None, snapshot.threads_warning)))
     children: dict[int, Any] = {}  # pid -> an ExecProcess (exec'd containers), or None (forked)
     while True:
         try:
-            data, fds, _flags, _address = socket.recv_fds(sock, 65536, 4)
+            data, fds, _flags, _address = socket.recv_fds(sock, 65536, 7)
         except OSError:
             data, fds = b"", []
         if not data:
             os._exit(0)  # the parent is gone, or closed the pool: take nothing with us
         kind, request_id, *rest = pickle.loads(data)
         if kind == "fork":
-            index, child_options = rest
-            pid = _start(sock, snapshot, target_blob, index, child_options, fds, children)
+            index, child_options, level = rest
+            pid = _start(sock, snapshot, target_blob, index, child_options, level, fds, children)
             sock.send(pickle.dumps(("pid", request_id, pid)))
         elif kind == "reap":
             sock.send(pickle.dumps(("status", request_id, _reap(rest[0], children))))
@@ -429,22 +548,32 @@ def _start(
     target_blob: bytes,
     index: int,
     options: dict[str, Any],
+    level: int | None,
     fds: list[int],
     children: dict[int, Any],
 ) -> int | None:
-    """Start container *index* on the descriptors the parent sent; return its pid (None: it could not)."""
-    if len(fds) != 4:
+    """Start container *index* on the descriptors the parent sent; return its pid (None: it could not).
+
+    The descriptors: the container's socket end, its sentinel pipe's write
+    end, the parent's stdout and stderr, and with ``forward_output`` (*level*
+    not None) the write ends of its three output pipes, which the child
+    redirects onto (``_worker.main`` -> ``_output.redirect``).
+    """
+    if len(fds) != (4 if level is None else 7):
         for fd in fds:
             os.close(fd)
         return None
-    conn_fd, sentinel_fd, stdout, stderr = fds
+    conn_fd, sentinel_fd, stdout, stderr, *pipes = fds
     for fd in fds:
         os.set_inheritable(fd, False)
     options = {**options, "template_child": True, "sentinel": _launch.ChildEnd(sentinel_fd)}
+    output = None if level is None else (*(_launch.ChildEnd(fd) for fd in pipes), level)
     try:
         if snapshot.threads_warning is not None:
             process = _launch.ExecProcess(
-                _worker.main, (_launch.ChildEnd(conn_fd), index, target_blob, options), name="lifepool-container"
+                _worker.main,
+                (_launch.ChildEnd(conn_fd), index, target_blob, options, output),
+                name="lifepool-container",
             )
             saved = os.dup(1), os.dup(2)
             try:
@@ -466,7 +595,7 @@ def _start(
                 os.dup2(stderr, 2)
                 os.close(stdout)
                 os.close(stderr)
-                _worker.main(_launch.ChildEnd(conn_fd), index, None, options, snapshot=snapshot)
+                _worker.main(_launch.ChildEnd(conn_fd), index, None, options, output, snapshot=snapshot)
             finally:
                 os._exit(1)
         children[pid] = None
@@ -493,4 +622,3 @@ def _reap(pid: int, children: dict[int, Any]) -> int | None:
     except ChildProcessError:
         return None
     return os.waitstatus_to_exitcode(status)
-

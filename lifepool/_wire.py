@@ -32,6 +32,11 @@ import types
 from . import _shm
 from ._exceptions import RemoteError
 
+TYPE_CHECKING = False  # (not typing's: a container imports this module at start, and never typing)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
 # Every message is one frame: a fixed header (tag, call id, flag) followed by
 # an optional body. The header is decoded without unpickling anything, so a
 # body that fails to decode still tells which call it belonged to.
@@ -60,7 +65,7 @@ def frame(tag: int, call_id: int = 0, flag: int = 0, body: bytes = b"") -> bytes
     return HEADER.pack(tag, call_id, flag) + body
 
 
-def unframe(data: bytes) -> tuple[int, int, int, memoryview]:
+def unframe(data: bytes | bytearray) -> tuple[int, int, int, memoryview]:
     tag, call_id, flag = HEADER.unpack_from(data)
     return tag, call_id, flag, memoryview(data)[HEADER.size :]
 
@@ -230,7 +235,7 @@ class Chunk:
 
     __slots__ = ("inputs", "star", "what")
 
-    def __init__(self, what, inputs: list, star: bool = True) -> None:
+    def __init__(self, what: Any, inputs: Sequence[Any], star: bool = True) -> None:
         self.what = what  # method name, or a callable
         self.inputs = inputs
         self.star = star
@@ -340,6 +345,11 @@ def _choose_pickler(obj, buffer_callback) -> bytes:
 def dumps(obj) -> bytes:
     """Encode *obj*; buffers of a megabyte or more travel through shared memory (see _shm)."""
     return _shm.dumps(obj, pickler_dumps=_choose_pickler)
+
+
+def dumps_inline(obj) -> bytes:
+    """Encode *obj* with every buffer in the message itself (for containers on other machines: no _shm)."""
+    return _choose_pickler(obj, None)
 
 
 loads = pickle.loads  # decodes plain pickles and _shm messages alike (unlinking their segments)

@@ -138,22 +138,38 @@ def share_authkey(key: bytes | None) -> None:
     """
     if key is None:
         return
-    process = sys.modules.get("multiprocessing.process")
-    if process is not None:
+
+    def set_key(process: Any) -> None:
         process.current_process().authkey = key
+
+    on_import("multiprocessing.process", set_key)
+
+
+def on_import(name: str, callback: Callable[[Any], None]) -> None:
+    """Call *callback(module)* once module *name* has run (now, if it is already imported).
+
+    A finder at the front of ``sys.meta_path`` finds nothing itself, but
+    wraps the module's ``exec_module``, and lets go of itself once used.
+    (Also how a container's ``logging`` gets its forwarding handler only if
+    user code imports ``logging``: see ``_output.redirect``.)
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        callback(module)
     else:
         # (a new list, never one changed in place: another thread may be iterating it in an import)
-        sys.meta_path = [_AuthkeyOnImport(key), *sys.meta_path]
+        sys.meta_path = [_OnImport(name, callback), *sys.meta_path]
 
 
-class _AuthkeyOnImport:
-    """The finder of :func:`share_authkey`: finds nothing, but sets the key once ``multiprocessing.process`` ran."""
+class _OnImport:
+    """The finder of :func:`on_import`: finds nothing, but calls back once its module ran."""
 
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
+        self._name = name
+        self._callback = callback
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "multiprocessing.process":
+        if name != self._name:
             return None
         sys.meta_path = [finder for finder in sys.meta_path if finder is not self]
         for finder in sys.meta_path:
@@ -166,11 +182,11 @@ class _AuthkeyOnImport:
         if spec.loader is None or isinstance(spec.loader, type):  # (shared by many modules: never for CPython's)
             return spec
         run = spec.loader.exec_module
-        key = self._key
+        callback = self._callback
 
         def exec_module(module: Any) -> None:
             run(module)
-            module.current_process().authkey = key
+            callback(module)
 
         spec.loader.exec_module = exec_module  # (this spec's own loader instance)
         return spec
@@ -324,6 +340,7 @@ class _Worker:
         self._to_return: list[int] = []  # given back, the answer not sent yet
         self._batchers: dict[str, _Batcher] = {}
         self._how: dict[str, str] = {}  # method name -> how it runs (see how_to_run), found once
+        self.flush_output: Callable[[], None] | None = None  # forward_output: see send
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -333,6 +350,10 @@ class _Worker:
         return self._loop
 
     def send(self, data: bytes) -> None:
+        if self.flush_output is not None:
+            # What was printed goes into the output pipe before the frame into
+            # the socket: the parent drains the pipe when the frame arrives.
+            self.flush_output()
         with self._send_lock:
             _wire.send_bytes(self.fd, data)
 
@@ -987,12 +1008,26 @@ def _leave_when_orphaned(options: dict[str, Any]) -> None:
     timer.start()
 
 
-def main(conn: Any, index: int, target_blob: bytes | None, options: dict[str, Any], snapshot: Any = None) -> None:
+def main(
+    conn: Any,
+    index: int,
+    target_blob: bytes | None,
+    options: dict[str, Any],
+    output: Any = None,
+    snapshot: Any = None,
+) -> None:
     """Entry point of a container process (the target of its Process object, or forked by a template).
 
+    *output*: with ``forward_output``, the write ends of this container's
+    output pipes and the parent's log level (see ``lifepool/_output.py``).
     *snapshot* (a ``_template.Snapshot``) is what the template made before
     forking this process: the instance, its snap hooks already run.
     """
+    flush_output = None
+    if output is not None:
+        from . import _output
+
+        flush_output = _output.redirect(output)  # first: what follows may print
     # Ctrl-C and SIGTERM reach the containers too (they share the parent's
     # process group); the parent decides what they mean. They are ignored by a
     # handler that does nothing, not by SIG_IGN, which would outlive exec: the
@@ -1008,6 +1043,9 @@ def main(conn: Any, index: int, target_blob: bytes | None, options: dict[str, An
     share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
+    if options.get("shared_memory") is False:
+        # The pool's parent is on another machine (a Ray backend): its /dev/shm is not ours.
+        _shm.SHM_DIR = None
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
     # container that has no policy yet); the mask is inherited, undo it now.
@@ -1027,6 +1065,7 @@ def main(conn: Any, index: int, target_blob: bytes | None, options: dict[str, An
         daemon=True,
     ).start()
     worker = _state.worker = _Worker(conn, index, options)
+    worker.flush_output = flush_output
     try:
         worker.enter(target_blob, snapshot)
         snapshot = None

@@ -4,7 +4,8 @@
     ------                                      ------------------------------------     -------------
     spawn_template(control end, target, opts)   lifepool imported, no user code,
       ("template", target, opts, context)       one thread, blocking on its socket
-      + SCM_RIGHTS [control end] ─────────────► os.fork() ──────────────────────────────► context applied,
+      + SCM_RIGHTS [control end, payload, 1, 2,
+        (forward_output: 3 output write ends)] ► os.fork() ──────────────────────────────► context applied,
                                                 closes its copy of the control end       _template.serve(...)
            ◄─────────────────────────────────── ("pid", pid)
       pidfd_open(pid): the template's sentinel
@@ -72,14 +73,20 @@ class Zygote:
             self.broken = True
         return not self.broken
 
-    def spawn_template(self, control_fd: int, target_blob: bytes, options: dict[str, Any]) -> int | None:
-        """Fork a template running ``_template.serve`` on *control_fd*; its pid, or None if the zygote is gone."""
+    def spawn_template(
+        self, control_fd: int, target_blob: bytes, options: dict[str, Any], output: tuple[int, ...] = ()
+    ) -> int | None:
+        """Fork a template running ``_template.serve`` on *control_fd*; its pid, or None if the zygote is gone.
+
+        *output*: the write ends of the output pipes the template's load
+        prints and logs into (``forward_output``: see ``_output.lend``).
+        """
         context = (os.getcwd(), dict(os.environ), _launch_path(), list(getattr(sys, "argv", [])))
         # (in a file, not the message: a datagram is bounded by the socket's buffer, a target is not)
         payload = _launch._anonymous_file(pickle.dumps((target_blob, options, context), pickle.HIGHEST_PROTOCOL))
         try:
             # (with the parent's stdout and stderr of now: the zygote's are those of the first pool's start)
-            socket.send_fds(self.sock, [b"template"], [control_fd, payload, 1, 2])
+            socket.send_fds(self.sock, [b"template"], [control_fd, payload, 1, 2, *output])
             if not select.select([self.sock], [], [], _REPLY_TIMEOUT)[0]:
                 raise OSError("no answer")
             data = self.sock.recv(65536)
@@ -147,15 +154,15 @@ def serve(control: Any) -> None:
     sock = socket.socket(fileno=control.fileno())
     while True:
         try:
-            data, fds, _flags, _address = socket.recv_fds(sock, 64, 4)
+            data, fds, _flags, _address = socket.recv_fds(sock, 64, 7)
         except OSError:
             data, fds = b"", []
         if not data:
             os._exit(0)
         _sweep()
         pid = None
-        if len(fds) == 4:
-            control_fd, payload, stdout, stderr = fds
+        if len(fds) in (4, 7):
+            control_fd, payload, stdout, stderr, *output = fds
             with open(payload, "rb", closefd=False) as file:
                 target_blob, options, context = pickle.load(file)
             try:
@@ -170,7 +177,7 @@ def serve(control: Any) -> None:
                     os.dup2(stderr, 2)
                     _apply_context(context)
                     os.set_inheritable(control_fd, False)
-                    _template.serve(_launch.ChildEnd(control_fd), target_blob, options)
+                    _template.serve(_launch.ChildEnd(control_fd), target_blob, options, output)
                 finally:
                     os._exit(1)
         for fd in fds:

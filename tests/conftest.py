@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import time
@@ -75,18 +76,74 @@ def hookdir(tmp_path: pathlib.Path) -> pathlib.Path:
 # The backends the contract tests run on: a test module that uses the
 # ``backend`` fixture (``pytestmark = pytest.mark.usefixtures("backend")``)
 # runs each of its tests once per backend, with pools made there defaulting
-# to it (as anyio runs every test on every event loop).
+# to it (as anyio runs every test on every event loop). "ray" runs when Ray is
+# installed (the ``lifepool[ray]`` extra), on one local Ray for the session.
+# A test whose guarantee does not hold on Ray says why with
+# ``@pytest.mark.local_only("reason")`` (the README's table lists them).
 BACKENDS = ["local"]
+if importlib.util.find_spec("ray") is not None:
+    BACKENDS.append("ray")
+
+
+# The Ray leg runs a representative part of the contract, to keep CI short:
+# every pool on Ray starts one Ray worker process per container (seconds on
+# 2 cores), so the whole contract on Ray would take as long again as the
+# rest of the suite. It runs every test of these modules, and the tests
+# marked ``on_ray`` elsewhere (crashes, retries, timeouts, Ctrl-C, exit
+# hooks, async); LIFEPOOL_TEST_RAY=all runs every contract test on Ray.
+RAY_LEG_MODULES = {"test_calls", "test_elastic"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        backends = BACKENDS
+        on_ray = (
+            os.environ.get("LIFEPOOL_TEST_RAY") == "all"
+            or metafunc.module.__name__ in RAY_LEG_MODULES
+            or metafunc.definition.get_closest_marker("on_ray") is not None
+        )
+        if not on_ray:
+            backends = [name for name in BACKENDS if name != "ray"]
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (starting one takes seconds), shut down at its end."""
+    import ray
+
+    # The test targets (tests/targets.py, ...) import by reference: the actors,
+    # and the containers they start, need this directory on their path (on a
+    # real cluster: runtime_env={"working_dir": ...} or an installed package).
+    tests = str(pathlib.Path(__file__).parent)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}},
+    )
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    from lifepool import _pool
+    from lifepool import _options
 
-    monkeypatch.setattr(_pool, "DEFAULT_BACKEND", request.param)
+    if request.param == "ray":
+        marker = request.node.get_closest_marker("local_only")
+        if marker is not None:
+            pytest.skip(f"local only: {marker.args[0]}")
+        if request.node.get_closest_marker("slow") is not None:
+            # CI time: every pool on Ray starts one Ray worker process per container
+            # (seconds here); the soak tests' crashes and recycling run on the local leg.
+            pytest.skip("soak test: run on the local backend only, to keep the Ray leg short")
+        request.getfixturevalue("ray_session")
+        import lifepool
+
+        # num_cpus=0: the session's Ray has 2 CPUs and tests make pools of up
+        # to 4 containers; the CPUs each actor reserves are not what is tested.
+        monkeypatch.setattr(_options, "DEFAULT_BACKEND", lifepool.RayBackend(num_cpus=0))
+    else:
+        monkeypatch.setattr(_options, "DEFAULT_BACKEND", request.param)
     return request.param

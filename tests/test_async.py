@@ -22,6 +22,8 @@ from targets import (
 import lifepool
 from lifepool._worker import STREAM_WINDOW
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
@@ -82,6 +84,7 @@ def test_map_aio_accepts_async_iterables_and_starmap_aio(hookdir):
     assert errors[0] == 0 and isinstance(errors[1], ValueError) and errors[2] == 2
 
 
+@pytest.mark.on_ray
 def test_cancelling_an_aio_await_interrupts_the_running_call_and_drops_the_queued_one(hookdir):
     started = hookdir / "started"
 
@@ -111,6 +114,7 @@ def test_max_inputs_runs_sync_calls_on_threads_at_once():
         assert sorted(p.meet.map(range(4))) == [0, 1, 2, 3]
 
 
+@pytest.mark.on_ray
 def test_max_inputs_runs_async_calls_as_tasks_at_once():
     with lifepool.LifecyclePool(Concurrent(8), containers=1, max_inputs=8) as p:
         assert list(p.ameet.map(range(8))) == list(range(8))
@@ -137,6 +141,7 @@ def test_one_container_with_many_inputs_serves_many_async_calls():
 # -- streaming ------------------------------------------------------------------
 
 
+@pytest.mark.on_ray
 def test_remote_gen_streams_items(hookdir):
     with lifepool.LifecyclePool(Streams(hookdir), containers=1) as p:
         assert list(p.count.remote_gen(40)) == list(range(40))
@@ -194,6 +199,7 @@ def test_generator_methods_refuse_call_and_map(hookdir):
 # -- dynamic batching -----------------------------------------------------------
 
 
+@pytest.mark.on_ray
 def test_batched_calls_are_grouped_and_routed_back():
     with lifepool.LifecyclePool(Batching, containers=1) as p:
         assert list(p.square.map(range(20))) == [i * i for i in range(20)]

@@ -13,6 +13,8 @@ from targets import CustomInitError, Fragile, Recorder
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 @pytest.fixture
 def pool(hookdir):

@@ -199,3 +199,21 @@ def test_bad_capacity_options_name_the_option(options, error, names, tmp_path):
 
     with pytest.raises(error, match=names):
         lifepool.LifecyclePool(Recorder(tmp_path), **options)
+
+
+def test_containers_serving_blocking_calls_still_scale_down(hookdir):
+    # Blocking calls borrow an idle container (the fast path, on the caller's
+    # thread), which gives it back with its idle clock restarted: the extra
+    # container still leaves after the window, and the floor stays.
+    from targets import Elastic
+
+    window = 0.2
+    with lifepool.LifecyclePool(Elastic(hookdir), min_containers=1, max_containers=2, scaledown_window=window) as pool:
+        futures = [pool.rendezvous.spawn(2) for _ in range(2)]  # a second container joins
+        pids = {future.result(timeout=90) for future in futures}
+        assert len(pids) == 2
+        served = {pool.pid.call() for _ in range(20)}  # borrowed calls, given back by this thread
+        assert served <= pids
+        _wait(lambda: markers(hookdir, "exit"), what="one container to scale down")
+        _wait(lambda: len(pool.status().containers) == 1, what="one container left")
+        assert pool.pid.call() in pids

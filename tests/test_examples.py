@@ -68,8 +68,9 @@ def test_quickstart_shows_the_lifecycle(tmp_path: pathlib.Path) -> None:
     stdout, stderr = run_example(EXAMPLES / "quickstart.py", tmp_path)
     shown = f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
 
-    enters = re.findall(r"^enter: container (\d+) \(pid (\d+)\)$", stdout, re.MULTILINE)
-    exits = re.findall(r"^exit: container (\d+) \(pid (\d+)\)$", stdout, re.MULTILINE)
+    # (printed in the containers: forwarded with their "[Model:<index>] " prefix)
+    enters = re.findall(r"^\[Model:(\d+)\] enter: container \1 \(pid (\d+)\)$", stdout, re.MULTILINE)
+    exits = re.findall(r"^\[Model:(\d+)\] exit: container \1 \(pid (\d+)\)$", stdout, re.MULTILINE)
     calls = {
         int(i): int(n) for i, n in re.findall(r"^calls: container (\d+) served (\d+) of \d+$", stdout, re.MULTILINE)
     }
@@ -83,7 +84,51 @@ def test_quickstart_shows_the_lifecycle(tmp_path: pathlib.Path) -> None:
     # Each container exited after the calls were done, and before the script ended.
     lines = stdout.splitlines()
     last_call = max(i for i, line in enumerate(lines) if line.startswith("calls:"))
-    first_exit = min(i for i, line in enumerate(lines) if line.startswith("exit:"))
+    first_exit = min(i for i, line in enumerate(lines) if "] exit:" in line)
     assert last_call < first_exit, shown
     assert lines[-1].startswith("pool closed"), shown
     assert_gone({int(pid) for _, pid in enters}, timeout=5.0)
+
+
+def test_the_batch_job_stops_cleanly_on_ctrl_c(tmp_path: pathlib.Path) -> None:
+    import csv
+    import time
+
+    target = tmp_path / "scored.csv"
+    out_path = tmp_path / "stdout.txt"
+    with open(out_path, "w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(EXAMPLES / "batch_csv.py"),
+                str(EXAMPLES / "data" / "elements.csv"),
+                str(target),
+                "--delay",
+                "0.2",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline and process.poll() is None:
+                if target.exists() and len(target.read_text().splitlines()) >= 3:  # header + 2 rows
+                    break
+                time.sleep(0.05)
+            os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the script and its containers
+            returncode = process.wait(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            _kill_group(process.pid)
+    stdout = out_path.read_text()
+    assert returncode == 130, stdout
+    with target.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 2 <= len(rows) < 36, stdout
+    assert f"interrupted: {len(rows)} of 36 rows written" in stdout, stdout
+    assert len(re.findall(r"^\[Scorer:[01]\] model unloaded \(interrupted\)$", stdout, re.MULTILINE)) == 2, stdout
+    assert "Traceback" not in stdout, stdout

@@ -16,7 +16,10 @@ from targets import CrashOnEnter, Fragile, wait_for_path
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
 
+
+@pytest.mark.on_ray
 def test_crash_fails_the_call_with_details_and_the_pool_keeps_serving(hookdir, caplog):
     caplog.set_level(logging.INFO, logger="lifepool")
     with lifepool.LifecyclePool(Fragile(hookdir), containers=2) as pool:
@@ -56,6 +59,7 @@ def test_crash_leaves_queued_calls_untouched(hookdir):
         assert [f.result(timeout=60) for f in queued] == list(range(20))
 
 
+@pytest.mark.on_ray
 def test_retries_rerun_a_crashed_call_on_a_healthy_container(hookdir):
     with lifepool.LifecyclePool(Fragile(hookdir), containers=2, retries=1) as pool:
         assert pool.crash_once.call("a") == "survived"
@@ -64,6 +68,7 @@ def test_retries_rerun_a_crashed_call_on_a_healthy_container(hookdir):
             pool.exit_now.call(2)
 
 
+@pytest.mark.on_ray
 def test_timeout_fails_the_call_and_the_container_serves_on(hookdir, caplog):
     caplog.set_level(logging.INFO, logger="lifepool")
     with lifepool.LifecyclePool(Fragile(hookdir), containers=1, timeout=0.5) as pool:
@@ -131,6 +136,7 @@ def test_recycling_after_n_calls_loses_and_duplicates_nothing(hookdir, caplog):
     assert "recycling container" in caplog.text
 
 
+@pytest.mark.on_ray
 def test_crash_during_enter_is_an_enter_failure(hookdir):
     with lifepool.LifecyclePool(CrashOnEnter, containers=1) as pool:
         with pytest.raises(lifepool.EnterError) as info:
@@ -241,6 +247,7 @@ ORPHAN_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.local_only("driver SIGKILLed: Ray ends its actors in-process, and their containers: no exit hooks")
 @pytest.mark.parametrize("how", ["clean-exit", "hung-exit-hook", "call-swallows-the-interrupt"])
 def test_kill_minus_nine_of_the_parent_leaves_no_orphans(hookdir, tmp_path, how):
     script = tmp_path / "orphan.py"

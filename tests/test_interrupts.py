@@ -22,6 +22,8 @@ from conftest import assert_gone, markers
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
+
 PRELUDE = textwrap.dedent(
     """
     import logging, os, pathlib, sys, time, threading, traceback, signal
@@ -29,6 +31,9 @@ PRELUDE = textwrap.dedent(
 
     logging.basicConfig(level=logging.WARNING, format="LOG %(levelname)s %(message)s")
     DIR = pathlib.Path(sys.argv[1])
+    if os.environ.get("LIFEPOOL_TEST_BACKEND") == "ray":  # the ray leg: the test session's Ray, at RAY_ADDRESS
+        import lifepool._pool
+        lifepool._pool.DEFAULT_BACKEND = lifepool.RayBackend(num_cpus=0)
 
     def mark(event, text=""):
         path = DIR / f"{event}-{os.getpid()}"
@@ -79,13 +84,15 @@ PRELUDE = textwrap.dedent(
 class Program:
     """A test program run in its own session, killed if the test leaves it running."""
 
-    def __init__(self, tmp_path: pathlib.Path, body: str) -> None:
+    def __init__(self, tmp_path: pathlib.Path, body: str, env: dict[str, str]) -> None:
+        self.env = env
         self.dir = tmp_path / "markers"
         self.dir.mkdir()
         script = tmp_path / "program.py"
         script.write_text(PRELUDE + textwrap.dedent(body))
         self.proc = subprocess.Popen(
             [sys.executable, str(script), str(self.dir)],
+            env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -106,6 +113,12 @@ class Program:
         """What a terminal does: SIGINT to the whole foreground process group."""
         os.killpg(self.proc.pid, signal.SIGINT)
 
+    @property
+    def died_by_ctrl_c(self) -> int:
+        """The status of a program a Ctrl-C ended: killed by SIGINT; under Ray, 1 (Ray's driver
+        turns an uncaught KeyboardInterrupt into exit status 1, with or without lifepool)."""
+        return 1 if self.env.get("LIFEPOOL_TEST_BACKEND") == "ray" else -signal.SIGINT
+
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
@@ -120,11 +133,16 @@ class Program:
 
 
 @pytest.fixture
-def program(tmp_path):
+def program(tmp_path, request, backend):
+    """Programs in their own session; on the ray leg they connect to the session's Ray (their Ctrl-C
+    then reaches the driver only, never Ray's processes: the pool must stop the actors itself)."""
     programs = []
+    env = {"LIFEPOOL_TEST_BACKEND": backend}
+    if backend == "ray":
+        env["RAY_ADDRESS"] = request.getfixturevalue("ray_session").get_runtime_context().gcs_address
 
     def make(body: str) -> Program:
-        p = Program(tmp_path, body)
+        p = Program(tmp_path, body, env)
         programs.append(p)
         return p
 
@@ -145,6 +163,7 @@ BLOCKING = {
 }
 
 
+@pytest.mark.on_ray
 @pytest.mark.parametrize("where", sorted(BLOCKING))
 def test_ctrl_c_stops_everything_with_exit_hooks(program, where):
     prog = program(
@@ -157,7 +176,7 @@ def test_ctrl_c_stops_everything_with_exit_hooks(program, where):
     prog.wait_marker("started")
     prog.ctrl_c()
     code, _, err = prog.finish()
-    assert code == -signal.SIGINT, err
+    assert code == prog.died_by_ctrl_c, err
     assert one_traceback(err), err
     assert err.rstrip().endswith("KeyboardInterrupt"), err
     pids = prog.container_pids()
@@ -186,7 +205,7 @@ def test_ctrl_c_while_entering_interrupts_the_enter_hook_and_skips_exit(program)
     prog.wait_marker("entering", 2)
     prog.ctrl_c()
     code, _, err = prog.finish()
-    assert code == -signal.SIGINT, err
+    assert code == prog.died_by_ctrl_c, err
     assert one_traceback(err), err
     pids = prog.container_pids()
     assert set(markers(prog.dir, "enter-interrupted")) == pids
@@ -194,6 +213,7 @@ def test_ctrl_c_while_entering_interrupts_the_enter_hook_and_skips_exit(program)
     assert_gone(pids)
 
 
+@pytest.mark.local_only("ray.init installs a SIGTERM handler of its own in the driver: no lifepool.Terminated")
 @pytest.mark.parametrize("to_group", [False, True], ids=["parent", "process-group"])
 def test_sigterm_stops_cleanly_and_the_program_dies_by_sigterm(program, to_group):
     prog = program(
@@ -218,6 +238,7 @@ def test_sigterm_stops_cleanly_and_the_program_dies_by_sigterm(program, to_group
     assert_gone(pids)
 
 
+@pytest.mark.local_only("ray.init replaces the program's own SIGTERM handler with Ray's")
 def test_a_program_with_its_own_sigterm_handler_keeps_it(program):
     prog = program(
         """
@@ -248,7 +269,7 @@ def test_hung_exit_hook_is_killed_after_the_grace_period(program):
     prog.wait_marker("started")
     prog.ctrl_c()
     code, _, err = prog.finish()
-    assert code == -signal.SIGINT, err
+    assert code == prog.died_by_ctrl_c, err
     assert "LOG WARNING" in err and "killing container" in err and "exit_grace_period=1" in err
     assert "was killed (SIGKILL)" in err  # attached to the KeyboardInterrupt as a note
     assert one_traceback(err), err
@@ -268,7 +289,7 @@ def test_second_ctrl_c_kills_the_containers_at_once(program):
     prog.wait_marker("exit", 2)  # both exit hooks are now hanging
     prog.ctrl_c()
     code, _, err = prog.finish(timeout=60)  # far below the 300 s grace period
-    assert code == -signal.SIGINT, err
+    assert code == prog.died_by_ctrl_c, err
     assert "interrupted again; killing the containers now" in err
     # Asked for, not a timeout: the exit hooks it cut short are reported as such.
     assert "killed (SIGKILL) because a second interrupt arrived" in err, err
@@ -277,6 +298,7 @@ def test_second_ctrl_c_kills_the_containers_at_once(program):
     assert_gone(prog.container_pids())
 
 
+@pytest.mark.on_ray
 def test_notebook_interrupt_cancels_the_operation_and_keeps_the_pool(program):
     prog = program(
         """
@@ -313,6 +335,7 @@ def test_notebook_interrupt_cancels_the_operation_and_keeps_the_pool(program):
     assert_gone(pids)
 
 
+@pytest.mark.local_only("ray.init installs its own SIGTERM handler in the driver, and lifepool installs none over it")
 def test_pool_installs_sigterm_handler_only_over_the_default_and_restores_only_its_own():
     from lifepool import _signals
 

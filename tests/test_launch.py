@@ -16,7 +16,7 @@ from launch_targets import Surroundings, exit_with, kill_self_with, report_start
 
 import lifepool
 from lifepool import _launch, _template, _worker
-from lifepool._pool import START_METHODS
+from lifepool._options import START_METHODS
 
 
 @pytest.mark.parametrize("start_method", [None, "exec"])

@@ -24,7 +24,10 @@ from targets import (
 
 import lifepool
 
+pytestmark = pytest.mark.usefixtures("backend")
 
+
+@pytest.mark.on_ray
 def test_enter_and_exit_run_once_per_container(hookdir):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=3) as pool:
         results = list(pool.double.map(range(30)))
@@ -80,6 +83,7 @@ def test_async_lifecycle_shares_one_loop(hookdir):
     assert sorted(markers(hookdir, "aexit").values()) == ["None", "None"]
 
 
+@pytest.mark.on_ray
 def test_exit_hook_receives_the_exception_that_ended_the_block(hookdir):
     with pytest.raises(KeyError):
         with lifepool.LifecyclePool(Recorder(hookdir), containers=2) as pool:
@@ -169,6 +173,7 @@ def test_failing_exit_hook_while_block_raises_attaches_notes(hookdir):
     assert any("exit hook failed" in note for note in info.value.__notes__)
 
 
+@pytest.mark.on_ray
 def test_enter_failure_fails_fast_and_entered_containers_still_exit(hookdir):
     with pytest.raises(lifepool.EnterError) as info:
         with lifepool.LifecyclePool(FailingEnter(hookdir), containers=2) as pool:
@@ -208,6 +213,7 @@ def test_calls_after_shutdown_raise_runtime_error(hookdir):
         pool.submit(print)
 
 
+@pytest.mark.on_ray
 def test_shutdown_lets_queued_calls_finish(hookdir):
     pool = lifepool.LifecyclePool(Recorder(hookdir), containers=1)
     release, started = hookdir / "release", hookdir / "started"
@@ -338,6 +344,7 @@ def test_an_exit_hook_past_the_grace_period_is_killed_and_reported(hookdir, capl
 
 
 @pytest.mark.parametrize("start_method", ["exec", "loky", "spawn", "forkserver"])
+@pytest.mark.local_only("start_method= chooses how local processes start (Ray containers always start with exec)")
 def test_every_start_method_runs_the_lifecycle(hookdir, start_method):
     with lifepool.LifecyclePool(Recorder(hookdir), containers=1, start_method=start_method) as pool:
         assert pool.double.call(21) == 42

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 _NOT_STARTABLE = (CANCELLED_AND_NOTIFIED, FINISHED)  # Future states set_running_or_notify_cancel refuses
 
 
-class _FutureCondition(_thread.RLock):
+class _FutureCondition(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; subclassable at run time)
     """A Future's ``_condition``: ``threading.Condition``'s interface on one C lock.
 
     ``concurrent.futures.Future`` makes a ``threading.Condition`` per Future:
@@ -44,6 +44,11 @@ class _FutureCondition(_thread.RLock):
     """
 
     __slots__ = ("_waiters",)
+    _waiters: list[_thread.LockType]
+    # The C RLock's private helpers that threading.Condition uses (not in typeshed).
+    _is_owned: Callable[[], bool]
+    _release_save: Callable[[], Any]
+    _acquire_restore: Callable[[Any], None]
 
     def wait(self, timeout: float | None = None) -> bool:
         if not self._is_owned():
@@ -53,7 +58,7 @@ class _FutureCondition(_thread.RLock):
         try:
             waiters = self._waiters
         except AttributeError:
-            waiters = self._waiters = []
+            waiters = self._waiters = []  # (the first wait: most Futures are never waited on)
         waiters.append(waiter)
         saved = self._release_save()
         got = False
@@ -90,11 +95,11 @@ class _FutureCondition(_thread.RLock):
         self.notify(sys.maxsize)
 
     def _at_fork_reinit(self) -> None:
-        super()._at_fork_reinit()
+        super()._at_fork_reinit()  # type: ignore[misc]  # (the C RLock has it; typeshed does not say)
         self._waiters = []
 
 
-class Call(Future):
+class Call(Future[Any]):
     """One method call on its way through the pool, and the Future its caller gets.
 
     A ``concurrent.futures.Future`` in every respect, whose ``_condition`` is
@@ -133,7 +138,7 @@ class Call(Future):
         chunk: bool = False,
     ) -> None:
         # Future.__init__'s fields (the same in 3.11 to 3.13), with the cheaper condition.
-        self._condition = _FutureCondition()
+        self._condition = _FutureCondition()  # type: ignore[assignment]  # (Condition's interface, see above)
         self._state = _PENDING
         self._result = None
         self._exception = None
@@ -212,9 +217,9 @@ def decode_answer(call: Call, record: ContainerRecord, ok: int, body: memoryview
             return True, _wire.loads(body)
         except BaseException as error:  # noqa: BLE001
             return False, undecodable(call, error)
-    error = _wire.load_exception(bytes(body))
-    note_origin(error, record.describe(), call.label)
-    return False, error
+    raised = _wire.load_exception(bytes(body))
+    note_origin(raised, record.describe(), call.label)
+    return False, raised
 
 
 def undecodable(call: Call, error: BaseException) -> RemoteError:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import selectors
+import threading
 import time
 
 from .. import _wire
 from .._exceptions import ContainerCrashedError, EnterError
 from ._calls import Call
 from ._records import COMING, LEAVING, SERVING, ContainerRecord, ContainerState, PoolState, describe_exit
+from ._records import transport as _transport
 from ._tables import Tables
 
 logger = logging.getLogger("lifepool")
 
 
 class Containers(Tables):
+    """Each container's life, from its start to its reaping, and how many there are."""
+
     def _start_container(self, index: int) -> None:
         previous = self.slots[index]
         generation = 0 if previous is None else previous.generation + 1
@@ -106,6 +110,10 @@ class Containers(Tables):
         if not record.scaledown_armed:
             record.scaledown_armed = True
             self._timers.add(record.idle_since + self.rule.scaledown_window, (record, "scaledown"))
+            if threading.current_thread() is not self.thread:
+                # (a borrower gave it back: the dispatcher sleeps until its old
+                # nearest deadline, and must learn of this one)
+                self.wake()
 
     def _scaledown_check(self, record: ContainerRecord) -> None:
         """A scale-down timer came due: stop *record* if idle for the whole window, above the floor.
@@ -144,13 +152,13 @@ class Containers(Tables):
         """
         try:
             while True:
-                self._message(record, record.transport.recv())
+                self._message(record, _transport(record).recv())
                 if record.conn is None or record.borrowed:
                     return
-                if record.transport.ready():
+                if _transport(record).ready():
                     continue  # read ahead: select would not report it
                 # (no poll() on the hot path: each call builds a new selector)
-                if not drain or not record.transport.poll():
+                if not drain or not _transport(record).poll():
                     return
         except (EOFError, OSError):
             # The container closed its end: it exited or died. The sentinel
@@ -163,7 +171,7 @@ class Containers(Tables):
                 record.watched = False
                 self._selector.unregister(record.conn)
             record.conn = None
-            record.transport.close_messages()
+            _transport(record).close_messages()
 
     def _enter_failed(self, record: ContainerRecord, error: BaseException) -> None:
         if self._abort or (self.state is PoolState.CLOSING and isinstance(error, KeyboardInterrupt)):
@@ -195,12 +203,13 @@ class Containers(Tables):
 
     def _send(self, record: ContainerRecord, *frames: bytes) -> None:
         """Send *frames* (several: in one write); a container that is dying is left to its sentinel."""
-        if record.conn is None:
+        transport = record.transport
+        if record.conn is None or transport is None:
             return
         if not record.watched:
             self._watch(record)  # (not while lent: the borrower reads the answer)
         try:
-            record.transport.send(list(frames))
+            transport.send(list(frames))
         except OSError:
             pass  # it is dying; its sentinel will tell
 
@@ -232,11 +241,11 @@ class Containers(Tables):
             record.exit_errors.append(
                 TimeoutError(f"lifepool: {record.describe()} was killed (SIGKILL) because {reason}")
             )
-        record.transport.kill()
+        _transport(record).kill()
 
     def _reap(self, record: ContainerRecord) -> None:
         """It is gone: finish its books, fail or retry its calls (``_scale`` then replaces it if the rule says so)."""
-        transport = record.transport
+        transport = _transport(record)
         if record.conn is not None:
             self._read_container(record, drain=True)  # what it sent before dying still counts
         self._unwatch_conn(record)

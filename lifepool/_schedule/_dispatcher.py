@@ -1,41 +1,32 @@
-"""The dispatcher: the one thread that owns a pool's tables (the tables: ``_tables``).
+"""The dispatcher: the one thread that owns a pool's tables (declared in ``_tables``).
 
-    caller threads                      dispatcher thread                  containers
-    --------------                      -----------------                  ----------
+    caller threads                      dispatcher thread                  containers (Transports)
+    --------------                      -----------------                  -----------------------
     spawn(): Call ─► pending[kind] ───┐
     control(): ─────► commands ───────┤  wake-up pipe
                                       ▼
-                         selector.select() on: wake-up pipe, every container's
-                         messages and sentinel (a backend's Transport), until the nearest deadline
+                         selector.select() on: the wake-up pipe, every container's
+                         messages and sentinel, until the nearest deadline (_timers)
                                       │
                  ┌────────────────────┼───────────────────────────┐
-           commands: interrupt,  results: complete the      sentinel: a container
-           shutdown              Future, free the slot      died -> fail or retry
-                                      │                     its calls, replace it
+           commands: interrupt,  messages: complete the     sentinel: a container
+           credit, shutdown,     Future, free the slot      is gone -> fail or retry
+           kill (_stopping)      (here; _routing)           its calls (_containers)
+                                      │
                                       ▼
-                       schedule: queued calls -> containers with a free slot ──► pipe
+             deadlines (_stopping) ─► routing: queued calls -> free slots (_routing)
+                                  ─► capacity: start what the rule asks (_containers, _capacity)
+                                  ─► shutdown progress (_stopping)
 
 The container records, the in-flight tables and the pool state change only
 under ``_lock``, held by this thread for everything it does between two
 ``select`` calls, and by a caller thread for the few lines of the fast path
-below. Other threads otherwise only append to ``pending``/``commands`` (deques
-are safe for that) and write one byte to the wake-up pipe.
-
-The fast path (``borrow``/``run_borrowed``): a blocking ``.call`` that finds
-an idle container (one call per container, nothing queued, no timeout) takes
-that container for the length of the call. Under the lock it records the
-call as in flight and sends it; then it waits for the answer on the pipe
-itself, and gives the container back under the lock. The dispatcher watches
-a container's pipe only while it expects a message from it (see ``_watch``):
-an idle container's pipe is not in its selector, so lending one and giving
-it back cost no system call beyond the write and the reads. That saves two thread hand-offs per
-round trip, which is most of a call's cost. Everything else (crashes,
-interrupts, shutdown) still goes through the dispatcher: a container that dies
-while borrowed is reaped when it is given back. It never polls: it
-sleeps in ``select`` until a pipe has data, a process exits, or the nearest
-deadline (a call timeout, an exit grace period, a kill after an interrupt)
-comes due. Finding a container with a free slot is O(1): ``_free[kind]`` is
-a deque of the containers that have one.
+(``_lending``: a blocking call borrows an idle container). Other threads
+otherwise only append to ``pending``/``commands`` (deques are safe for that)
+and write one byte to the wake-up pipe. It never polls: it sleeps in
+``select`` until a container sends something, one is gone, or the nearest
+deadline (a call timeout, an exit grace period, a kill after an interrupt, a
+scale-down check) comes due.
 
 Calls come in *kinds*, each with its own per-container capacity: ``None`` for
 ordinary calls (``max_inputs`` per container) and, for each ``@batched``
@@ -47,9 +38,10 @@ A streaming call (``remote_gen``) has a *sink*: its items are handed to it as
 they arrive; the consumer grants the container more items with ``credit``
 commands, which is what bounds the buffering (back-pressure).
 
-Every Future is completed by this thread, and every path out of it (normal
-end, an unexpected error in the dispatcher itself) completes every Future it
-still holds, so nothing waits forever.
+Every Future is completed by this thread (or, on the fast path, by the
+borrowing caller), and every path out of it (normal end, an unexpected error
+in the dispatcher itself) completes every Future it still holds, so nothing
+waits forever.
 """
 
 from __future__ import annotations
@@ -73,6 +65,7 @@ from ._calls import Call, DispatcherThread, undecodable
 from ._containers import Containers
 from ._lending import Lending
 from ._records import ContainerRecord, ContainerState, PoolState
+from ._records import transport as _transport
 from ._routing import Routing
 from ._stopping import Stopping
 
@@ -151,7 +144,7 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
         self.closed = threading.Event()
         self.closed.set()
         for call in waiting:
-            call._condition._at_fork_reinit()  # (another thread may have held it)
+            call._condition._at_fork_reinit()  # type: ignore[attr-defined]  # (another thread may have held it)
             if not call.done():
                 call.set_exception(RuntimeError(message))
 
@@ -232,7 +225,7 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
             and not self._any_pending()
         )
 
-    def _message(self, record: ContainerRecord, data: bytes) -> None:
+    def _message(self, record: ContainerRecord, data: bytes | bytearray) -> None:
         tag, call_id, flag, body = _wire.unframe(data)
         if tag == _wire.RESULT:
             self._result(record, call_id, flag, body)
@@ -256,7 +249,9 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
                     call.sink(("error", undecodable(call, error)))
         elif tag == _wire.ENTERING:
             record.state = ContainerState.ENTERING
-            record.pid = call_id  # its own pid (a template's container has none until the template says)
+            # Its own pid, as the container says it: every engine's, including those that
+            # learn it only once the container runs (a template's container, a Ray actor's).
+            record.pid = call_id
             if self._abort:
                 self._signal(record)
         elif tag == _wire.READY:
@@ -264,16 +259,16 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
         elif tag == _wire.ENTER_FAILED:
             record.enter_failed = True
             if record.pid is None:
-                record.pid = record.transport.pid
+                record.pid = _transport(record).pid
             self._leaving(record, ContainerState.EXITING)  # it leaves without exit hooks
             self._enter_failed(record, _wire.load_exception(bytes(body)))
         elif tag == _wire.EXITED:
             record.exited = True
             logger.info("lifepool pool %r: %s exit done", self.name, record.describe())
             for blob in pickle.loads(body):
-                error = _wire.load_exception(blob)
-                add_note(error, f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
-                record.exit_errors.append(error)
+                failure = _wire.load_exception(blob)
+                add_note(failure, f"lifepool: exit hook of {record.describe()} in pool {self.name!r}")
+                record.exit_errors.append(failure)
 
     def _result(self, record: ContainerRecord, call_id: int, ok: int, body: memoryview) -> None:
         call = record.inflight.pop(call_id, None)
@@ -311,13 +306,13 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
                 self._reap(command[1])
         elif kind == "read":
             record = command[1]
-            if record.conn is not None and not record.borrowed and record.transport.buffered():
+            if record.conn is not None and not record.borrowed and _transport(record).buffered():
                 self._read_container(record)
         elif kind == "credit":
-            call, count = command[1], command[2]
-            record = call.container
-            if record is not None and call.id in record.inflight:
-                self._send(record, _wire.frame(_wire.CREDIT, call.id, 0, _wire.COUNT.pack(count)))
+            streaming: Call = command[1]
+            record = streaming.container
+            if record is not None and streaming.id in record.inflight:
+                self._send(record, _wire.frame(_wire.CREDIT, streaming.id, 0, _wire.COUNT.pack(command[2])))
         elif kind == "interrupt":
             call: Call = command[1]
             record = call.container

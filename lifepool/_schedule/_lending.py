@@ -21,10 +21,13 @@ from typing import Any
 from .. import _wire
 from ._calls import Call, decode_answer
 from ._records import ContainerRecord, ContainerState, PoolState
+from ._records import transport as _transport
 from ._tables import Tables
 
 
 class Lending(Tables):
+    """The fast path: lend an idle container to a blocking caller for one call, and take it back."""
+
     def borrow(self, call: Call) -> ContainerRecord | None:
         """Fast path: lend an idle container to the calling thread for *call*, or None.
 
@@ -116,7 +119,7 @@ class Lending(Tables):
         dispatcher reads the answer; so does a dying container, which the
         dispatcher reaps.
         """
-        recv = record.transport.recv
+        recv = _transport(record).recv
         answer = None  # (ok, body) of a RESULT this thread took off the books
         try:
             while True:
@@ -161,7 +164,7 @@ class Lending(Tables):
             # leaving: the dispatcher reads from here on. An idle container
             # stays unwatched: it sends nothing until it is sent a call.
             self._watch(record)
-        if record.transport.buffered():
+        if _transport(record).buffered():
             # Read ahead with the answer (rare: a late message behind it): no
             # select would report it, so the dispatcher is told.
             self._watch(record)

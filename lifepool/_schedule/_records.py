@@ -5,10 +5,11 @@ from __future__ import annotations
 import collections
 import enum
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .._backend import Transport
 
 if TYPE_CHECKING:
-    from .._backend import Transport
     from ._calls import Call
 
 
@@ -46,7 +47,7 @@ class ContainerRecord:
         self.generation = generation  # 0 for the first container at this index, +1 per later one
         self.state = ContainerState.STARTING
         self.transport: Transport | None = None  # the backend's end of it
-        self.conn: object | None = None  # transport.messages while open (what the selector watches)
+        self.conn: Any = None  # transport.messages while open (what the selector watches)
         self.pid: int | None = None
         self.inflight: dict[int, Call] = {}
         self.load: dict[str | None, int] = collections.defaultdict(int)  # in-flight calls per kind
@@ -73,6 +74,13 @@ class ContainerRecord:
 
     def describe(self) -> str:
         return f"container {self.index} (pid {self.pid})"
+
+
+def transport(record: ContainerRecord) -> Transport:
+    """*record*'s transport, for code that only runs once it has one (its start succeeded)."""
+    found = record.transport
+    assert found is not None, f"{record.describe()} has no transport"
+    return found
 
 
 def describe_exit(code: int | None) -> str:

@@ -23,6 +23,8 @@ logger = logging.getLogger("lifepool")
 
 
 class Routing(Tables):
+    """Where each queued call goes: a free slot, a busy container's pipe (sent ahead), or back."""
+
     def _schedule(self) -> None:
         for kind, pending in self.pending.items():
             if pending:
@@ -87,7 +89,9 @@ class Routing(Tables):
         interrupt still stops it before it starts (the container reads the
         interrupt ahead), and if its container dies before it started it is
         queued again, which counts as no retry. Streams are never sent ahead,
-        nor is anything sent ahead to a container running a stream.
+        nor is anything sent ahead to a container running a stream. An
+        elastic pool sends ahead only at its cap: below it, queued calls are
+        the demand that starts containers (see _capacity).
         """
         spare = self._spare
         limit = self.max_inputs + self.ahead

@@ -21,6 +21,8 @@ TIMEOUT_UNWIND_SECONDS = 2.0
 
 
 class Stopping(Tables):
+    """Deadlines that come due, and every way a pool stops (shutdown, abort, kill, its own failure)."""
+
     def _check_deadlines(self) -> None:
         for when, what in self._timers.due():
             if isinstance(what, tuple):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import note_origin
 from ._calls import Call
 from ._capacity import Capacity
-from ._records import ContainerRecord, PoolState
+from ._records import ContainerRecord, ContainerState, PoolState
 from ._timers import Timers
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ SEND_AHEAD = 16
 
 
 class Tables:
+    """The dispatcher's tables and the few operations every part of it uses."""
+
     def __init__(self, pool_name: str, target_blob: bytes, class_name: str, options: dict[str, Any]) -> None:
         self.name = pool_name
         self.owner_pid = os.getpid()  # the process the pool belongs to (see Dispatcher.forget_after_fork)
@@ -58,6 +60,8 @@ class Tables:
             "exit_grace_period": self.grace,
             "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
             "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
+            "output": options.get("output"),  # forward_output (the backend's: see _local, _output)
+            "shared_memory": self.backend.shared_memory,  # False: encode everything inline (see _worker.main)
         }
 
         # Shared with other threads: append-only from them, drained by the dispatcher.
@@ -159,4 +163,8 @@ class Tables:
         def _arm_kill(self, record: ContainerRecord, purpose: str, delay: float, reason: str) -> None: ...
         def _reap(self, record: ContainerRecord) -> None: ...
         def _scaledown_check(self, record: ContainerRecord) -> None: ...
+        def _leaving(self, record: ContainerRecord, state: ContainerState) -> None: ...
+        def _now_idle(self, record: ContainerRecord) -> None: ...
         def enter_error(self) -> BaseException: ...
+
+        thread: threading.Thread

@@ -26,6 +26,7 @@ from .. import _hooks
 from . import _options
 from ._calls import RetryTimer
 from ._cls import _NO_DEFAULT, Cls, Function, Service, StubClass, StubFunction
+from ._options import Options
 from .exception import ExecutionError, InvalidError
 
 logger = logging.getLogger("lifepool")
@@ -182,7 +183,7 @@ class App:
         return run
 
     # Stub mode helpers (see StubFunction)
-    def _note_method(self, owner: type, options: _options.Options) -> None:
+    def _note_method(self, owner: type, options: Options) -> None:
         if options != _options.Options() or owner not in self._stub_options:
             self._stub_options[owner] = options
 
@@ -211,7 +212,7 @@ class Stub(App):
 
         return decorate if _func is None else decorate(_func)
 
-    def local_entrypoint(self, _func: Any = None, *, name: str | None = None) -> Any:  # type: ignore[override]
+    def local_entrypoint(self, _func: Any = None, *, name: str | None = None) -> Any:
         decorate = self._entrypoint(name)
         return decorate if _func is None else decorate(_func)
 
@@ -233,6 +234,7 @@ class _Running:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         run = self._app._run
+        assert run is not None  # (set by __enter__)
         try:
             run.stop(exc)
         finally:

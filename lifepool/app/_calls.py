@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from .._exceptions import ContainerCrashedError, EnterError
-from .exception import translate
+from .exception import translate as translate
 
 _call_numbers = itertools.count(1)
 
@@ -224,8 +224,8 @@ class FunctionCall:
                 call.cancel()
             raise
 
-    get = twin(get, _get_aio)
-    gather = twin(gather.__func__, _gather_aio.__func__, static=True)
+    get = twin(get, _get_aio)  # type: ignore[assignment]  # (a descriptor: .get(...) and .get.aio(...))
+    gather = twin(gather.__func__, _gather_aio.__func__, static=True)  # type: ignore[assignment, attr-defined]
 
 
 def outcome(future: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
@@ -255,6 +255,8 @@ async def await_outcome(future: concurrent.futures.Future[Any], timeout: float |
 
 
 def raise_translated(error: BaseException | None) -> Any:
+    if error is None:
+        raise AssertionError("raise_translated() of no error")  # (a done Future with no exception)
     mapped = translate(error)
     if mapped is error:
         raise error

@@ -88,6 +88,8 @@ def _load(target: str) -> tuple[Any, Any, str]:
         sys.path.insert(0, directory)  # as `python file.py`: its neighbours import (the containers get it too)
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path!r} as a module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)  # (an error here is the program's: exit status 1, traceback shown)

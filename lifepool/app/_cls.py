@@ -85,7 +85,7 @@ def _run_hook(result: Any) -> None:
 
     def run() -> None:
         try:
-            asyncio.run(result)
+            asyncio.run(result)  # type: ignore[arg-type]  # (a coroutine: hooks are async def)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller
             failure.append(error)
 
@@ -131,7 +131,7 @@ class Service:
                     return None
                 info = _hooks.inspect_class(type(instance))
                 cls = type(instance)
-                if info.dunder_hooks and _hooks.is_async(getattr(cls, "__aenter__", None)):
+                if info.dunder_hooks and _hooks.is_async(getattr(cls, "__aenter__", _no_hook)):
                     _run_hook(instance.__aenter__())
                 elif info.dunder_hooks and hasattr(cls, "__enter__"):
                     instance.__enter__()
@@ -348,7 +348,7 @@ class Obj(Service):
         cls = self._cls._target_class()
         if not self._params:
             return cls
-        instance = object.__new__(cls)  # (as Modal: parameters, not __init__, make the object)
+        instance: Any = object.__new__(cls)  # (as Modal: parameters, not __init__, make the object)
         for name, value in self._params.items():
             setattr(instance, name, value)
         return instance
@@ -357,7 +357,7 @@ class Obj(Service):
         return inspect.getattr_static(self._cls._user_cls, name)
 
     def local_instance(self) -> Any:
-        instance = object.__new__(self._cls._user_cls)
+        instance: Any = object.__new__(self._cls._user_cls)
         for name, value in self._params.items():
             setattr(instance, name, value)
         return instance
@@ -423,3 +423,7 @@ class StubClass(Service):
 
     def local_instance(self) -> Any:
         return self._user_cls()
+
+
+def _no_hook() -> None:
+    """Stands for a hook a class does not define (not a coroutine function)."""

@@ -183,7 +183,7 @@ def make_pool(target: Any, options: Options, *, name: str, dunder_hooks: bool = 
         # Elastic as on Modal: no container until a call needs one (min 0 by default), up to the cap.
         min_containers=options.min_containers or 0,
         max_containers=options.max_containers,
-        **({} if options.scaledown_window is None else {"scaledown_window": options.scaledown_window}),
+        scaledown_window=60.0 if options.scaledown_window is None else options.scaledown_window,  # (Modal's default)
         timeout=float(options.timeout),
         retries=retries,  # crashes: the pool retries at once on another container
         max_calls_per_container=1 if options.single_use_containers else None,

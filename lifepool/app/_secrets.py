@@ -62,7 +62,7 @@ class Secret:
             file = os.fspath(path)
         if not os.path.exists(file):
             return Secret({})  # as Modal: a missing .env file is an empty secret
-        return Secret(read_dotenv(file))
+        return Secret(dict(read_dotenv(file)))
 
     @staticmethod
     def from_name(name: str, *, environment_name: str | None = None, required_keys: list[str] = []) -> Secret:  # noqa: B006

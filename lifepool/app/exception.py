@@ -147,7 +147,7 @@ class _Remote(RemoteError, _LifepoolRemoteError):
     pass
 
 
-_MAPPED = {
+_MAPPED: dict[type[BaseException], type[BaseException]] = {
     CallTimeoutError: _FunctionTimeout,
     ContainerCrashedError: _Crashed,
     EnterError: _EnterFailed,
@@ -164,7 +164,7 @@ def translate(error: BaseException) -> BaseException:
     mapped = _MAPPED.get(type(error))
     if mapped is None:
         return error
-    new = mapped.__new__(mapped)
+    new: BaseException = mapped.__new__(mapped)  # (no __init__: the original's fields are copied below)
     new.args = error.args
     new.__dict__.update(error.__dict__)
     new.__traceback__ = error.__traceback__

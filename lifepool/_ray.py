@@ -1,0 +1,380 @@
+"""The Ray backend: each container is a Ray actor hosting a real lifepool container process on its node.
+
+    driver (the pool's dispatcher)              Ray actor _Host (any node)              container process
+    ------------------------------              --------------------------              -----------------
+    RayBackend.start()
+      actor = _Host.options(...).remote()
+      actor.start.remote(index, target, opts) ─► LocalBackend(exec).start() ──────────► _worker.main (same
+    RayTransport                                   (the actor is the container's          program as locally)
+      send(frames) ─ actor.io.remote(seq, ...) ─►  parent: a dead actor means exit
+                     (group "io", one thread,      hooks with ParentExitedError)
+                      reordered by seq)            writes the frames to its socket ───►
+      bridge thread: actor.poll.remote() ◄──────── bytes the container wrote, batched ◄──
+        writes them into a socketpair              (group "poll": a long poll)
+      messages = the socketpair's driver end (the dispatcher's selector and Reader, as locally)
+      sentinel = a pipe the bridge writes once the container exited (code) or the actor died (None)
+      interrupt() = io(seq, [], INTERRUPT_SIGNAL): after the frames sent before it, as locally
+      kill()      = actor.kill_child (group "ctl") then ray.kill(actor)
+      reap()      = joins the bridge, closes the socketpair and pipe, ray.kill(actor)
+
+Why an actor hosts a process instead of being the container. An actor runs
+its methods on Ray's threads, in a worker Ray owns: Ray installs its own
+signal handling there, never runs a teardown hook on ``ray.kill``,
+``ray.shutdown()`` or a dead driver, and cannot interrupt a running sync
+method (``ray.cancel`` does not). The container program (``_worker.py``)
+already has all of that right: its signal policy, interrupts, exit hooks on
+every path, batching and streams. Hosting it unchanged keeps one program for
+every backend, so the guarantees are the same code, and the Ray side is only
+a relay of bytes: the actor never decodes a frame.
+
+The frame stream is relayed as raw bytes (whatever the container wrote to its
+socket, in the order written); the driver's ``Reader`` parses it exactly as it
+parses a local socket. Sends carry a sequence number and the actor applies
+them in order, whatever order Ray runs them in.
+
+Shared memory (``_shm``) is node-local, so it is off for Ray pools on both
+ends (``Backend.shared_memory``): big arguments and results travel inside the
+frames, and frames over Ray's inline limit (100 KiB) travel through Ray's
+object store as task arguments and return values.
+
+Ray's own restarts (``max_restarts``) are not used: a restarted actor would
+run the enter hook behind the pool's back. A dead actor is a dead container;
+the dispatcher fails (or retries) its calls and its capacity rule starts a
+replacement, as for a local process.
+
+Ray is imported only here, and this module only when ``backend="ray"`` or
+``lifepool.RayBackend`` is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+from typing import Any
+
+from . import _wire, _worker
+from ._backend import Backend, Transport
+
+logger = logging.getLogger("lifepool")
+
+try:
+    import ray
+except ImportError as error:  # pragma: no cover - exercised in a subprocess test without ray
+    raise ImportError(
+        'backend="ray" needs Ray: pip install "lifepool[ray]" (or pip install "ray>=2.9")'
+    ) from error
+
+_POLL_SECONDS = 10.0  # a long poll returns at least this often (an idle container costs one call per period)
+_BATCH_BYTES = 8 << 20  # a poll returns at most about this much (the rest comes with the next one)
+_KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
+
+
+_UNKNOWN = object()
+
+
+class _Host:
+    """The Ray actor: parent of one container process, relaying bytes between it and the driver."""
+
+    def __init__(self) -> None:
+        self._started = threading.Event()
+        self._transport: Any = None
+        self._error: BaseException | None = None
+        self._next_seq = 0
+        self._held: dict[int, tuple[list[bytes], int]] = {}
+        self._eof = False
+        self._code: Any = _UNKNOWN  # its exit status once reaped
+
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> int:
+        """Start the container on this node (exec start method); its pid."""
+        from . import _launch
+        from ._local import LocalBackend
+
+        try:
+            # The container inherits this thread's mask: blocked until it has its own policy (see _worker.main).
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                self._transport = LocalBackend(_launch.ExecContext()).start(index, target_blob, options)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            return self._transport.pid
+        except BaseException as error:
+            self._error = error
+            raise
+        finally:
+            self._started.set()
+
+    def _ready(self) -> Any:
+        self._started.wait()
+        if self._transport is None:
+            raise RuntimeError(f"the container did not start: {self._error!r}")
+        return self._transport
+
+    def io(self, seq: int, frames: list[bytes], signum: int) -> None:
+        """Write *frames* to the container, then send it *signum* (0: none), in *seq* order."""
+        transport = self._ready()
+        self._held[seq] = (frames, signum)
+        while self._next_seq in self._held:
+            frames, signum = self._held.pop(self._next_seq)
+            self._next_seq += 1
+            try:
+                if frames:
+                    transport.send(frames)
+                if signum:
+                    transport.interrupt() if signum == _worker.INTERRUPT_SIGNAL else transport._signal(signum)
+            except OSError:
+                pass  # it is dying: the poll reports its end
+
+    def kill_child(self) -> None:
+        if self._transport is not None:
+            self._transport.kill()
+
+    def poll(self, timeout: float) -> tuple[bytes, bool, int | None]:
+        """``(bytes the container wrote, whether it has ended, its exit status)``, waiting up to *timeout*."""
+        transport = self._ready()
+        fd, sentinel = transport.fd, transport.sentinel
+        parts: list[bytes] = []
+        size = 0
+        if not self._eof:
+            readable, _, _ = select.select([fd, sentinel], [], [], timeout)
+            if sentinel in readable:
+                _wire.end_reading(fd)  # (what it wrote, then EOF, whoever else holds a copy)
+            while readable and size < _BATCH_BYTES:
+                if fd in readable or sentinel in readable:
+                    data = os.read(fd, 1 << 20)
+                    if not data:
+                        self._eof = True
+                        break
+                    parts.append(data)
+                    size += len(data)
+                readable, _, _ = select.select([fd], [], [], 0)
+        if self._eof and size == 0:
+            if self._code is _UNKNOWN:
+                self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
+            return b"", True, self._code
+        return b"".join(parts), False, None
+
+
+class RayTransport(Transport):
+    """The driver's end of one actor-hosted container: a socketpair and a pipe fed by a bridge thread."""
+
+    def __init__(self, actor: Any, started: Any, name: str) -> None:
+        self.actor = actor
+        self._started = started  # the ref of actor.start(): the container's pid
+        self.pid: int | None = None  # (the container's pid is on its node; the container reports it itself)
+        self._ours, self._theirs = socket.socketpair()
+        self.messages = self._ours
+        self.fd = self._ours.fileno()
+        self.reader = _wire.Reader(self.fd)
+        self.recv = self.reader.recv
+        self._sentinel_r, self._sentinel_w = os.pipe()
+        self.sentinel = self._sentinel_r
+        self.status: int | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._gone = False
+        self._bridge = threading.Thread(target=self._relay, name=f"lifepool-ray-{name}", daemon=True)
+        self._bridge.start()
+
+    def _relay(self) -> None:
+        """Long-poll the actor, write what the container sent into the socketpair; at the end, the sentinel."""
+        try:
+            self.pid = ray.get(self._started)  # (before any frame: the pool learns it with ENTERED)
+            # Two polls in flight: when one returns, the next already waits in
+            # the actor, so a reply is never held up by a poll's submission.
+            polls = collections.deque(self.actor.poll.remote(_POLL_SECONDS) for _ in range(2))
+            while True:
+                data, ended, code = ray.get(polls.popleft())
+                if data:
+                    self._theirs.sendall(data)
+                if ended:
+                    self.status = code
+                    break
+                polls.append(self.actor.poll.remote(_POLL_SECONDS))
+        except ray.exceptions.RayActorError as error:
+            logger.warning("lifepool: the Ray actor of a container died: %s", _first_line(error))
+        except ray.exceptions.RayTaskError as error:
+            logger.error("lifepool: a container could not start in its Ray actor: %s", error)
+        except OSError:
+            pass  # the driver's end is closed (the pool gave up on it)
+        except BaseException:
+            logger.exception("lifepool: the bridge to a Ray container failed")
+        finally:
+            self._gone = True
+            try:
+                self._theirs.shutdown(socket.SHUT_WR)  # EOF after what was written
+            except OSError:
+                pass
+            os.write(self._sentinel_w, b"x")
+
+    def send(self, frames: list[bytes]) -> None:
+        self._io(frames, 0)
+
+    def _io(self, frames: list[bytes], signum: int) -> None:
+        if self._gone:
+            raise BrokenPipeError("the container has gone")
+        with self._lock:
+            seq, self._seq = self._seq, self._seq + 1
+            self.actor.io.remote(seq, frames, signum)
+
+    def recv(self) -> bytes | bytearray:  # (replaced per instance by the reader's, see __init__)
+        return self.reader.recv()
+
+    def ready(self) -> bool:
+        return self.reader.ready()
+
+    def buffered(self) -> bool:
+        return self.reader.buffered()
+
+    def poll(self) -> bool:
+        readable, _, _ = select.select([self.fd], [], [], 0)
+        return bool(readable)
+
+    def interrupt(self) -> None:
+        try:
+            self._io([], _worker.INTERRUPT_SIGNAL)
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the container through its actor (no more of its code runs), then end the actor."""
+        done = self.actor.kill_child.remote()
+        actor = self.actor
+
+        def finish() -> None:
+            try:
+                ray.wait([done], timeout=_KILL_WAIT)
+            finally:
+                ray.kill(actor, no_restart=True)
+
+        threading.Thread(target=finish, name="lifepool-ray-kill", daemon=True).start()
+
+    def end_reading(self) -> None:
+        _wire.end_reading(self.fd)
+
+    def close_messages(self) -> None:
+        self._ours.close()
+
+    def reap(self) -> int | None:
+        self._bridge.join()
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone (killed, or its node lost)
+            pass
+        self._theirs.close()
+        self._ours.close()
+        os.close(self._sentinel_r)
+        os.close(self._sentinel_w)
+        return self.status
+
+    def forget(self) -> None:
+        """In a forked child: close this copy's descriptors."""
+        self._ours.close()
+        self._theirs.close()
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+class RayBackend(Backend):
+    """Containers as Ray actors (one per container), on an existing cluster or a local Ray.
+
+    address
+        A Ray cluster to connect to (``"auto"``, ``"ray://host:10001"``, ...);
+        default ``RAY_ADDRESS`` when set, else a local Ray is started for the
+        pool (and shut down with it).
+    num_cpus, num_gpus, resources
+        What each container's actor reserves on its node.
+    runtime_env
+        The actors' Ray runtime environment (``pip``, ``env_vars``, ...);
+        lifepool must be importable there.
+    namespace
+        The Ray namespace to connect in (only when this backend connects).
+    """
+
+    name = "ray"
+    shared_memory = False  # segments in /dev/shm are node-local: frames carry everything
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        resources: dict[str, float] | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        for what, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{what} must be a number >= 0, not {value!r}")
+        if resources is not None and not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict of resource name to amount, not {type(resources).__name__}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.resources = resources
+        self.runtime_env = runtime_env
+        self.namespace = namespace
+        self._users = 0
+        self._started_ray = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RayBackend(address={self.address!r}, num_cpus={self.num_cpus}, num_gpus={self.num_gpus})"
+
+    def open(self, containers: int) -> None:
+        """A pool of up to *containers* uses this backend: connect to Ray (or start a local one) if not yet."""
+        with self._lock:
+            self._users += 1
+            if ray.is_initialized():
+                return
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            kwargs: dict[str, Any] = {"namespace": self.namespace, "log_to_driver": True}
+            if address is None:
+                # Sized for the pool: every container's actor can be placed at once.
+                kwargs.update(
+                    num_cpus=max(int(-(-containers * self.num_cpus // 1)), 1),
+                    num_gpus=None if not self.num_gpus else int(-(-containers * self.num_gpus // 1)),
+                    include_dashboard=False,
+                )
+            else:
+                kwargs["address"] = address
+            ray.init(**kwargs)
+            self._started_ray = address is None
+            logger.info("lifepool: %s Ray %s", "started" if self._started_ray else "connected to", address or "")
+
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> RayTransport:
+        actor_options: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "max_restarts": 0,  # (a restart would re-run the enter hook behind the pool's back)
+        }
+        if self.resources:
+            actor_options["resources"] = self.resources
+        if self.runtime_env is not None:
+            actor_options["runtime_env"] = self.runtime_env
+        actor = _Actor.options(**actor_options).remote()
+        started = actor.start.remote(index, target_blob, options)
+        return RayTransport(actor, started, f"{options['pool_name']}-{index}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users <= 0 and self._started_ray:
+                self._started_ray = False
+                ray.shutdown()
+
+
+# The actor class. Methods get their concurrency groups here: "io" has one
+# thread, so sends and signals apply in order (and seq reorders whatever Ray
+# reorders); the poll and the kill each have their own, so neither waits
+# behind a write blocked on a full socket.
+_Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign]
+_Host.poll = ray.method(concurrency_group="poll")(_Host.poll)  # type: ignore[method-assign]
+_Host.kill_child = ray.method(concurrency_group="ctl")(_Host.kill_child)  # type: ignore[method-assign]
+_Actor = ray.remote(concurrency_groups={"io": 1, "poll": 1, "ctl": 1})(_Host)

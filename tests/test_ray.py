@@ -1,0 +1,163 @@
+"""The Ray backend's own promises (the shared contract runs in the backend-parametrised modules).
+
+Everything here but the import tests needs Ray (the ``lifepool[ray]`` extra)
+and runs on the session's local Ray (see conftest.ray_session).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import assert_gone, markers
+
+import lifepool
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+
+
+def _python(code: str, timeout: float = 100.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+
+
+def test_importing_lifepool_never_imports_ray():
+    result = _python(
+        """
+        import sys, lifepool
+        lifepool.LifecyclePool, lifepool.PoolState  # (the lazy names a pool needs)
+        from lifepool import _pool, _schedule, _local
+        print("ray" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_backend_ray_without_ray_names_the_extra():
+    result = _python(
+        """
+        import sys
+
+        class NoRay:  # as if ray were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name == "ray" or name.startswith("ray."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, NoRay())
+        import lifepool
+
+        class M:
+            pass
+
+        for attempt in (lambda: lifepool.LifecyclePool(M, containers=1, backend="ray"), lambda: lifepool.RayBackend):
+            try:
+                attempt()
+            except ImportError as error:
+                print(type(error).__name__, error)
+            else:
+                print("no error")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(("ImportError", "ModuleNotFoundError")) and "lifepool[ray]" in line
+
+
+@needs_ray
+def test_start_method_is_refused_with_the_ray_backend():
+    with pytest.raises(ValueError, match="start_method"):
+        lifepool.LifecyclePool(object, containers=1, backend="ray", start_method="spawn")
+    with pytest.raises(ValueError, match="num_cpus"):
+        lifepool.RayBackend(num_cpus=-1)
+
+
+@needs_ray
+def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir, ray_session):
+    from targets import Fragile
+
+    started = hookdir / "started"
+    backend = lifepool.RayBackend(num_cpus=0)
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=backend) as pool:
+        first = pool.pid.call()
+        future = pool.sleep.spawn(60, str(started))
+        deadline_wait(started.exists)
+        # SIGKILL the actor's process (the container's parent), as the OOM killer or a lost node would.
+        # (ray.kill is not this: it ends the actor in-process, and Ray then kills its child processes.)
+        with open(f"/proc/{first}/stat") as stat:
+            actor_pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        os.kill(actor_pid, signal.SIGKILL)
+        with pytest.raises(lifepool.ContainerCrashedError) as crash:
+            future.result(timeout=60)
+        assert "container 0" in str(crash.value)
+        # The container saw its parent (the actor) go: its exit hook ran, with ParentExitedError.
+        deadline_wait(lambda: first in markers(hookdir, "exit"))
+        assert markers(hookdir, "exit")[first] == "ParentExitedError"
+        second = pool.pid.call()  # a replacement entered
+        assert second != first
+    assert set(markers(hookdir, "enter")) == {first, second}
+    assert markers(hookdir, "exit")[second] == "None"
+    assert_gone([first, second])
+
+
+@needs_ray
+def test_big_arguments_and_results_travel_without_shared_memory(hookdir, ray_session):
+    numpy = pytest.importorskip("numpy")
+    from targets import Recorder
+
+    array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)  # 3 MiB: locally, it would go through /dev/shm
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    with lifepool.LifecyclePool(Recorder(hookdir), containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+        body = pool._dumps(((), (array,), {}))
+        assert not lifepool._wire.has_segments(body)  # encoded inline on the driver
+        out = pool.echo.call(array)
+        assert isinstance(out, numpy.ndarray) and out.shape == array.shape and out[-1] == array[-1]
+        assert pool.echo.call(b"y" * (2 << 20)) == b"y" * (2 << 20)
+        made = {name for name in os.listdir("/dev/shm") if name.startswith("lifepool-")} - before
+        assert not made  # nor by the container
+
+
+@needs_ray
+def test_a_pool_starts_a_local_ray_and_stops_only_the_one_it_started():
+    result = _python(
+        """
+        import ray, lifepool
+
+        class M:
+            def f(self, x):
+                return x + 1
+
+        with lifepool.LifecyclePool(M, containers=1, backend=lifepool.RayBackend(num_cpus=0.5)) as pool:
+            print(pool.f.call(1), ray.is_initialized(), ray.cluster_resources().get("CPU"))
+        print(ray.is_initialized())
+        ray.init(num_cpus=1, include_dashboard=False)
+        with lifepool.LifecyclePool(M, containers=1, backend="ray") as pool:
+            print(pool.f.call(2))
+        print(ray.is_initialized())
+        ray.shutdown()
+        """,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["2", "True", "1.0", "False", "3", "True"]
+
+
+def deadline_wait(condition, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
