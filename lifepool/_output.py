@@ -131,7 +131,7 @@ class ContainerOutput:
     def __init__(
         self,
         forwarder: Forwarder,
-        fds: tuple[int, int, int],
+        fds: tuple[int, ...],  # (out, err, log)
         prefix: str | Callable[[int | None], str],
         index: int,
     ) -> None:
@@ -433,7 +433,7 @@ def lend(ends: tuple[Any, Any, Any, int]) -> Callable[[], None]:
         flush()
         for handler in added:
             root.removeHandler(handler)
-            os.close(handler.fd)
+            os.close(handler.fd)  # type: ignore[attr-defined]  # (a PipeHandler: see _handler_class)
         root.setLevel(level)
         for fd, target in zip(saved, (1, 2), strict=True):
             os.dup2(fd, target)

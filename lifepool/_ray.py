@@ -101,7 +101,7 @@ class _Host:
                 self._transport = LocalBackend(_launch.ExecContext()).start(index, target_blob, options)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            return self._transport.pid
+            return int(self._transport.pid)
         except BaseException as error:
             self._error = error
             raise
@@ -170,7 +170,7 @@ class RayTransport(Transport):
         self.messages = self._ours
         self.fd = self._ours.fileno()
         self.reader = _wire.Reader(self.fd)
-        self.recv = self.reader.recv
+        self.recv = self.reader.recv  # type: ignore[method-assign]  # (the fast path calls it once per call)
         self._sentinel_r, self._sentinel_w = os.pipe()
         self.sentinel = self._sentinel_r
         self.status: int | None = None
@@ -374,7 +374,8 @@ class RayBackend(Backend):
 # thread, so sends and signals apply in order (and seq reorders whatever Ray
 # reorders); the poll and the kill each have their own, so neither waits
 # behind a write blocked on a full socket.
-_Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign]
-_Host.poll = ray.method(concurrency_group="poll")(_Host.poll)  # type: ignore[method-assign]
-_Host.kill_child = ray.method(concurrency_group="ctl")(_Host.kill_child)  # type: ignore[method-assign]
-_Actor = ray.remote(concurrency_groups={"io": 1, "poll": 1, "ctl": 1})(_Host)
+# (ray's own annotations do not cover decorating methods after the class: hence the ignores)
+_Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign, assignment]
+_Host.poll = ray.method(concurrency_group="poll")(_Host.poll)  # type: ignore[method-assign, assignment]
+_Host.kill_child = ray.method(concurrency_group="ctl")(_Host.kill_child)  # type: ignore[method-assign, assignment]
+_Actor = ray.remote(concurrency_groups={"io": 1, "poll": 1, "ctl": 1})(_Host)  # type: ignore[call-overload]

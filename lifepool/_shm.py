@@ -76,6 +76,13 @@ import struct
 import sys
 import threading
 
+TYPE_CHECKING = False  # (not typing's: a container imports this module at start, and never typing)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    PicklerDumps = Callable[[Any, Any], bytes]  # (obj, buffer_callback) -> a protocol-5 pickle
+
 __all__ = [
     "THRESHOLD",
     "discard",
@@ -148,7 +155,7 @@ def _probe(buf: pickle.PickleBuffer) -> bool:
     raise _Restart
 
 
-def _unwrap(obj):
+def _unwrap(obj: Any) -> Any:
     return obj
 
 
@@ -162,16 +169,16 @@ class _Root:
 
     __slots__ = ("buffers", "obj")
 
-    def __init__(self, obj, buffers: list) -> None:
+    def __init__(self, obj: Any, buffers: list[pickle.PickleBuffer]) -> None:
         self.obj = obj
         self.buffers = buffers
 
-    def __reduce_ex__(self, protocol):
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         self.buffers.clear()
         return _unwrap, (self.obj,)
 
 
-def dumps(obj, *, pickler_dumps) -> bytes:
+def dumps(obj: Any, *, pickler_dumps: PicklerDumps) -> bytes:
     """Pickle *obj* (protocol 5) with every buffer of at least THRESHOLD bytes in shared memory.
 
     ``pickler_dumps(obj, buffer_callback)`` does the pickling with protocol 5
@@ -214,7 +221,7 @@ def _encode(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
         return data
     created: list[str] = []
     try:
-        entries = []
+        entries: list[tuple[str | int, int]] = []  # (segment name, or offset in the inline part; size)
         inline: list[memoryview] = []
         inline_size = 0
         for buf in buffers:
@@ -227,7 +234,7 @@ def _encode(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
             else:
                 created.append(name)
                 entries.append((name, raw.nbytes))
-        objects = []
+        objects: list[tuple[str, str, int]] = []  # (kind, segment name, size)
         body_parts: list[memoryview | bytes] = []
         done = 0
         for kind, start, payload, end in items:
@@ -249,7 +256,7 @@ def _encode(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
         raise
 
 
-def _message(body_parts: list, buffers: list, objects: list, inline: list) -> bytes:
+def _message(body_parts: list[Any], buffers: list[Any], objects: list[Any], inline: list[memoryview]) -> bytes:
     """A pickle of ``_decode(meta, body, inline)``, written by hand to copy the body once."""
     meta = pickle.dumps((VERSION, buffers, objects), 5)
     body_len = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in body_parts)
@@ -428,7 +435,7 @@ loads = pickle.loads
 _keeping = threading.local()
 
 
-def loads_keeping(data: bytes | memoryview):
+def loads_keeping(data: bytes | memoryview) -> Any:
     """Like :func:`loads`, but leave the segments' names for a later :func:`discard`.
 
     For a message that may be decoded again (a call body resent after its
@@ -442,7 +449,7 @@ def loads_keeping(data: bytes | memoryview):
         _keeping.on = False
 
 
-def _decode(meta: bytes, body: bytes, inline: bytes):
+def _decode(meta: bytes, body: bytes, inline: bytes) -> Any:
     """Rebuild the value of a message: map its segments, unlink their names, unpickle the body."""
     version, buffer_entries, object_entries = pickle.loads(meta)
     if version != VERSION:
@@ -468,7 +475,7 @@ def _decode(meta: bytes, body: bytes, inline: bytes):
                 f"shared memory segment(s) {', '.join(missing)} are gone: "
                 "the message was decoded, discarded or swept already"
             )
-        buffers = []
+        buffers: list[memoryview | bytearray] = []
         for where, size in buffer_entries:
             if isinstance(where, str):
                 # Unlinked, the segment is the receiver's alone: writes go to it, no copy. Kept for
@@ -492,7 +499,7 @@ class _ObjectsUnpickler(pickle.Unpickler):
     ``persistent_load`` read-only on the C unpickler's instances.
     """
 
-    def __init__(self, file: io.BytesIO, objects: list, buffers: list) -> None:
+    def __init__(self, file: io.BytesIO, objects: list[Any], buffers: list[Any]) -> None:
         super().__init__(file, buffers=buffers)
         self._objects = objects
 
@@ -511,7 +518,7 @@ _MESSAGE_START = b"\x80\x05" + _short_unicode(__name__) + _short_unicode(_decode
 _START_LEN = len(_MESSAGE_START)
 
 
-def _names(buffer_entries: list, object_entries: list) -> list[str]:
+def _names(buffer_entries: list[Any], object_entries: list[Any]) -> list[str]:
     names = [where for where, _ in buffer_entries if isinstance(where, str)]
     names += [where for _, where, _ in object_entries if isinstance(where, str)]
     for name in names:
@@ -528,7 +535,7 @@ def _map(fd: int, size: int, *, writable: bool, private: bool = False) -> mmap.m
     return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE if private else mmap.MAP_SHARED, prot=prot)
 
 
-def _read_object(kind: str, fd: int, size: int):
+def _read_object(kind: str, fd: int, size: int) -> Any:
     if kind == "s":
         mapping = _map(fd, size, writable=False)
         try:
@@ -554,7 +561,7 @@ def _read_object(kind: str, fd: int, size: int):
 # -- cleanup -----------------------------------------------------------------
 
 
-def _meta(view: memoryview) -> tuple[list, list]:
+def _meta(view: memoryview) -> tuple[list[Any], list[Any]]:
     """The (buffers, objects) entries of a message (see the module docstring)."""
     (meta_len,) = _U64.unpack_from(view, _START_LEN + 1)
     _, buffers, objects = pickle.loads(view[_START_LEN + 9 : _START_LEN + 9 + meta_len])
@@ -574,7 +581,7 @@ def size(data: bytes | memoryview) -> int:
     if data[:_START_LEN] != _MESSAGE_START:
         return len(data)
     buffers, objects = _meta(memoryview(data))
-    in_segments = sum(n for where, n in buffers if isinstance(where, str))
+    in_segments: int = sum(n for where, n in buffers if isinstance(where, str))
     in_segments += sum(n for _, where, n in objects if isinstance(where, str))
     return len(data) + in_segments
 

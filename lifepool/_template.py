@@ -231,9 +231,11 @@ class TemplateTransport(LocalTransport):
         self.output = output
         if output is not None:
             output.learn_pid = self._learned_pid  # (a prefix may show the pid; log records carry it)
-            self.recv = _output.receiving(self.reader.recv, self.reader.ready, output)  # drains output before results
+            self.recv = _output.receiving(  # type: ignore[method-assign]
+                self.reader.recv, self.reader.ready, output
+            )  # (drains output before results)
         self._recv = self.recv
-        self.recv = self._first_recv
+        self.recv = self._first_recv  # type: ignore[method-assign]
 
     def _first_recv(self) -> bytes | bytearray:
         """The first frame: the container runs, so the template's answer with its pid is sent or about to be.
@@ -253,8 +255,8 @@ class TemplateTransport(LocalTransport):
             self._learn(_REPLY_TIMEOUT if wait else 0)
         return self._pid
 
-    @property  # type: ignore[override]
-    def pid(self) -> int | None:
+    @property
+    def pid(self) -> int | None:  # type: ignore[override]
         """The container's pid once the template has reported it (never blocks)."""
         if not self._known:
             self._learn(0)
@@ -475,7 +477,7 @@ def serve(control: Any, target_blob: bytes, options: dict[str, Any], output: lis
         from . import _output
 
         ends = (*(_launch.ChildEnd(fd) for fd in output), options["output_level"])
-        give_back = _output.lend(ends)  # type: ignore[arg-type]
+        give_back = _output.lend(ends)
         try:
             snapshot = _load(target_blob, options)
         finally:
@@ -585,8 +587,9 @@ def _start(
                 os.dup2(saved[1], 2)
                 os.close(saved[0])
                 os.close(saved[1])
-            children[process.pid] = process
-            return process.pid
+            started: int = process.pid  # type: ignore[assignment]  # (set: it started)
+            children[started] = process
+            return started
         pid = os.fork()
         if pid == 0:
             try:
@@ -614,7 +617,7 @@ def _reap(pid: int, children: dict[int, Any]) -> int | None:
     process = children.pop(pid)
     if process is not None:
         process.join()
-        code = process.exitcode
+        code: int | None = process.exitcode
         process.close()
         return code
     try:

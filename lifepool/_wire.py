@@ -183,7 +183,7 @@ class Reader:
         data, pos = self._data, self._pos
         if len(data) - pos < 4:
             return False
-        (size,) = _LENGTH.unpack_from(data, pos)
+        size: int = _LENGTH.unpack_from(data, pos)[0]
         return size >= 0 and len(data) - pos - 4 >= size
 
     def recv(self) -> bytes | bytearray:
@@ -240,7 +240,7 @@ class Chunk:
         self.inputs = inputs
         self.star = star
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (Chunk, (self.what, self.inputs, self.star))
 
 
@@ -257,19 +257,19 @@ def _cloud_picklers() -> tuple[type, type]:
     if _picklers is None:
         from collections import ChainMap
 
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
         from tblib import pickling_support
 
         cloudpickle_code_reduce = cloudpickle.Pickler._dispatch_table[types.CodeType]
 
-        def code_reduce_keeping_filename(code: types.CodeType):
+        def code_reduce_keeping_filename(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
             reconstructor, args = cloudpickle_code_reduce(code)
             # cloudpickle blanks the file name to make payloads reproducible; put it back
             # so tracebacks and linecache find the user's source.
             args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
             return reconstructor, args
 
-        class Pickler(cloudpickle.Pickler):
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # (cloudpickle ships no types)
             dispatch_table = ChainMap(
                 {types.CodeType: code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
             )
@@ -281,7 +281,7 @@ def _cloud_picklers() -> tuple[type, type]:
             would change how every exception pickles in the user's process.
             """
 
-            def reducer_override(self, obj):
+            def reducer_override(self, obj: Any) -> Any:
                 if isinstance(obj, BaseException):
                     if _rebuilt_from_args(obj):
                         return _reduce_builtin_exception(obj, pickling_support.unpickle_exception)
@@ -312,9 +312,10 @@ def _rebuilt_from_args(exc: BaseException) -> bool:
     return not type(exc).__flags__ & _HEAP_TYPE
 
 
-def _reduce_builtin_exception(exc: BaseException, rebuild):
+def _reduce_builtin_exception(exc: BaseException, rebuild: Any) -> tuple[Any, ...]:
     """tblib's reduction of *exc* that calls ``type(exc)(*exc.args)`` (see :func:`_rebuilt_from_args`)."""
-    cls, args, *rest = exc.__reduce__()
+    reduced: tuple[Any, ...] = exc.__reduce__()  # type: ignore[assignment]  # (an exception's: a tuple)
+    cls, args, *rest = reduced
     state = rest[0] if rest else None
     if isinstance(exc, (NameError, AttributeError)) and exc.name is not None:
         state = {**(state or {}), "name": exc.name}  # (a keyword of __init__: not in args)
@@ -322,14 +323,14 @@ def _reduce_builtin_exception(exc: BaseException, rebuild):
     return rebuild, (cls, args, *chain, getattr(exc, "__notes__", None)), state
 
 
-def cloud_dumps(obj, buffer_callback=None) -> bytes:
+def cloud_dumps(obj: Any, buffer_callback: Any = None) -> bytes:
     """Encode *obj* with cloudpickle (by value for ``__main__`` code), keeping file names."""
     with io.BytesIO() as buf:
         _cloud_picklers()[0](buf, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return buf.getvalue()
 
 
-def _choose_pickler(obj, buffer_callback) -> bytes:
+def _choose_pickler(obj: Any, buffer_callback: Any) -> bytes:
     """Plain pickle where it is enough, cloudpickle where it is not."""
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
@@ -342,12 +343,12 @@ def _choose_pickler(obj, buffer_callback) -> bytes:
     return data
 
 
-def dumps(obj) -> bytes:
+def dumps(obj: Any) -> bytes:
     """Encode *obj*; buffers of a megabyte or more travel through shared memory (see _shm)."""
     return _shm.dumps(obj, pickler_dumps=_choose_pickler)
 
 
-def dumps_inline(obj) -> bytes:
+def dumps_inline(obj: Any) -> bytes:
     """Encode *obj* with every buffer in the message itself (for containers on other machines: no _shm)."""
     return _choose_pickler(obj, None)
 
@@ -373,6 +374,7 @@ def exception_blob(exc: BaseException) -> bytes:
     caught on this side, where the original is still at hand.
     """
     text = format_exception(exc)
+    data: bytes | None
     try:
         data = _dump_exception(exc)
     except BaseException as pickling_error:  # noqa: BLE001 - anything may be raised by user __reduce__

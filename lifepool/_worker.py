@@ -469,6 +469,7 @@ class _Worker:
                 raise snapshot.error
             target = snapshot.target
         else:
+            assert target_blob is not None  # (only a template's fork comes without one, and with a snapshot)
             _state.loading_target = True
             try:
                 target = _wire.loads(target_blob)
@@ -975,7 +976,7 @@ def _watch_parent(conn_fd: int, parent_pid: int | None, options: dict[str, Any],
     signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
 
 
-def _set_process_name(pool_name: str, index: int) -> None:
+def _set_process_name(pool_name: str, index: int | str) -> None:
     """Name this process ``lp-<pool name>-<index>`` where ``top`` and ``ps -o comm`` look (Linux; 15 bytes)."""
     suffix = f"-{index}"
     name = f"lp-{pool_name}".encode(errors="replace")[: 15 - len(suffix)] + suffix.encode()

@@ -69,7 +69,7 @@ class Zygote:
         self.broken = False
 
     def usable(self) -> bool:
-        if not self.broken and select.select([self.process.sentinel], [], [], 0)[0]:
+        if not self.broken and select.select([self.process.sentinel], [], [], 0)[0]:  # type: ignore[type-var]
             self.broken = True
         return not self.broken
 
@@ -97,7 +97,8 @@ class Zygote:
         if not data:
             self.broken = True
             return None
-        return pickle.loads(data)[1]
+        pid: int | None = pickle.loads(data)[1]
+        return pid
 
     def close(self) -> None:
         self.sock.close()  # (EOF: it leaves)
