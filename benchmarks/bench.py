@@ -69,6 +69,8 @@ class Settings:
     batching_items: int
     idle_seconds: float
     pid_delay: float
+    snap_mb: int = 400
+    snap_containers: int = 4
 
 
 FULL = Settings(
@@ -100,6 +102,7 @@ QUICK = dataclasses.replace(
     scaling_containers=(1, 2, 8),
     batching_items=400,
     idle_seconds=0.2,
+    snap_mb=64,
 )
 
 
@@ -159,6 +162,48 @@ class Model:
 
     def __exit__(self, *exc_info: object) -> None:
         """Nothing to release."""
+
+
+class Crashy(Echo):
+    """Echo, plus a method that kills its container (the replacement scenario)."""
+
+    def crash(self) -> None:
+        """Leave at once, as a segfault would."""
+        os._exit(3)
+
+
+SNAP_MB = int(os.environ.get("LIFEPOOL_BENCH_SNAP_MB", "400"))  # (set by the driver from Settings.snap_mb)
+_snapped: object = None
+
+
+def load_weights() -> object:
+    """The "model": a float64 array of SNAP_MB MB, every page written."""
+    import numpy
+
+    return numpy.ones(SNAP_MB * 2**20 // 8)
+
+
+try:
+    from lifepool import enter as _enter
+except ImportError:
+
+    def _enter(**_: object) -> Callable[[Callable], Callable]:
+        return lambda func: func
+
+
+class Snapped(Echo):
+    """Echo with the model loaded by a snap hook (lifepool's template shares it)."""
+
+    @_enter(snap=True)
+    def load(self) -> None:
+        """Load the weights once, before the containers fork."""
+        self.weights = load_weights()
+
+
+def init_weights() -> None:
+    """The peers' way: an ``initializer`` loading the model in each worker."""
+    global _snapped
+    _snapped = load_weights()
 
 
 def echo(x: object) -> object:
@@ -232,9 +277,12 @@ class LifepoolPool(Pool):
         self._lib = lifepool
         assert lifepool.LifecyclePool is not None
 
+    workload: type = Echo
+    options: dict = {}  # LifecyclePool options (subclasses replace it)
+
     def create(self) -> contextlib.AbstractContextManager:
         """Build a LifecyclePool of Echo containers."""
-        return self._lib.LifecyclePool(Echo, containers=self.containers)
+        return self._lib.LifecyclePool(self.workload, containers=self.containers, **self.options)
 
     def call(self, x: object) -> object:
         """One blocking round trip."""
@@ -253,6 +301,13 @@ class LifepoolPool(Pool):
         """Pids of the containers that served ``tasks`` concurrent calls."""
         futures = [self._pool.getpid.spawn(delay) for _ in range(tasks)]
         return {f.result() for f in futures}
+
+
+class LifepoolExec(LifepoolPool):
+    """lifepool with ``start_method="exec"``: a fresh interpreter per container (the pre-template default)."""
+
+    name = "lifepool-exec"
+    options: dict = {"start_method": "exec"}
 
 
 class LifepoolRay(LifepoolPool):
@@ -391,6 +446,13 @@ class SpawnProcessPool(ProcessPool):
 
     name = "ppe-spawn"
     start_method = "spawn"
+
+
+class ForkserverProcessPool(ProcessPool):
+    """``ProcessPoolExecutor`` with 'forkserver' (the standard library's answer to fork+exec's start cost)."""
+
+    name = "ppe-forkserver"
+    start_method = "forkserver"
 
 
 class LokyPool(ExecutorPool):
@@ -540,8 +602,10 @@ POOLS: dict[str, type[Pool]] = {
         LifepoolRay,
         LifepoolUnbatched,
         PipeFloor,
+        LifepoolExec,
         ProcessPool,
         SpawnProcessPool,
+        ForkserverProcessPool,
         MultiprocessingPool,
         LokyPool,
         MpirePool,
@@ -668,6 +732,107 @@ def measure_cold(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str
         elapsed = time.perf_counter() - start
     expect(out, 1)
     return {label(f"cold start, {plural(containers, 'container')}", "s", True): elapsed}
+
+
+def later_pool(pool_cls: type[Pool], containers: int) -> Pool:
+    """A pool not yet started, made after a first pool of the process came and went."""
+    first = pool_cls(containers)
+    first.prepare()
+    with first:
+        first.call(0)
+    pool = pool_cls(containers)
+    pool.prepare()
+    return pool
+
+
+def measure_later(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """A second pool of the process: construction to first result, after a first one came and went."""
+    pool = later_pool(pool_cls, containers)
+    start = time.perf_counter()
+    with pool:
+        out = pool.call(1)
+        elapsed = time.perf_counter() - start
+    expect(out, 1)
+    return {label(f"later pool, {plural(containers, 'container')}, to first result", "s", True): elapsed}
+
+
+def measure_later_tiny(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """``measure_later`` with lifepool's target in a small module of its own (``benchmarks/tiny.py``)."""
+    if issubclass(pool_cls, LifepoolPool):
+        from benchmarks.tiny import Tiny
+
+        pool_cls = type(pool_cls.__name__, (pool_cls,), {"workload": Tiny})
+    values = measure_later(pool_cls, containers, s)
+    return {key.replace("later pool", "later pool (small module)"): value for key, value in values.items()}
+
+
+def measure_all_serving(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """A second pool of the process: construction until every container has answered."""
+    pool = later_pool(pool_cls, containers)
+    start = time.perf_counter()
+    with pool:
+        all_started(pool, containers, dataclasses.replace(s, pid_delay=0.005))
+        elapsed = time.perf_counter() - start
+    return {label(f"later pool, {plural(containers, 'container')}, all serving", "s", True): elapsed}
+
+
+def measure_replacement(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """lifepool: a container crashes, until the next call is served; mp.Pool: starting a one-worker pool."""
+    title = label("replacement after a crash (lifepool) / one-worker start (peers)", "ms", True)
+    if issubclass(pool_cls, LifepoolPool):
+        pool = pool_cls(1)
+        pool.prepare()
+        with pool._lib.LifecyclePool(Crashy, containers=1, **pool.options) as lp:
+            lp.echo.call(0)
+            start = time.perf_counter()
+            with contextlib.suppress(pool._lib.ContainerCrashedError):
+                lp.crash.call()
+            out = lp.echo.call(1)
+            elapsed = time.perf_counter() - start
+    else:
+        pool = later_pool(pool_cls, 1)  # (the later start is the one measured, as lifepool's replacement is)
+        start = time.perf_counter()
+        with pool:
+            out = pool.call(1)
+            elapsed = time.perf_counter() - start
+    expect(out, 1)
+    return {title: elapsed * 1e3}
+
+
+def measure_snap(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
+    """``containers`` workers after loading a ``snap_mb`` MB array: time until all serve, and their PSS."""
+    os.environ["LIFEPOOL_BENCH_SNAP_MB"] = str(s.snap_mb)
+    global SNAP_MB
+    SNAP_MB = s.snap_mb
+    import numpy  # noqa: F401 - imported before the clock, as the parent would have it
+
+    start = time.perf_counter()
+    if issubclass(pool_cls, LifepoolPool):
+        pool = pool_cls(containers)
+        pool.prepare()
+        made = pool._lib.LifecyclePool(Snapped, containers=containers, **pool.options)
+        pids = lambda: {f.result() for f in [made.getpid.spawn(s.pid_delay) for _ in range(2 * containers)]}  # noqa: E731
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        made = concurrent.futures.ProcessPoolExecutor(
+            containers, mp_context=multiprocessing.get_context("fork"), initializer=init_weights
+        )
+        pids = lambda: {f.result() for f in [made.submit(getpid, s.pid_delay) for _ in range(2 * containers)]}  # noqa: E731
+    with made:
+        seen: set[int] = set()
+        deadline = time.monotonic() + s.timeout
+        while len(seen) < containers and time.monotonic() < deadline:
+            seen |= pids()
+        elapsed = time.perf_counter() - start
+        time.sleep(s.idle_seconds)
+        pss = [read_kb(f"/proc/{pid}/smaps_rollup", "Pss") for pid in descendants(os.getpid())]
+    title = f"snap, {containers} containers after a {s.snap_mb} MB load:"
+    return {
+        label(f"{title} all serving", "s", True): elapsed,
+        label(f"{title} PSS of every descendant, sum", "MB", True): sum(filter(None, pss)) / 1024,
+    }
 
 
 def measure_payload(pool_cls: type[Pool], containers: int, s: Settings) -> dict[str, float]:
@@ -807,8 +972,43 @@ SCENARIOS = {
             "cold",
             "pool construction to first result",
             measure_cold,
-            ("lifepool", "ppe", "ppe-spawn", "mp.Pool", "loky", "mpire", "ray"),
+            ("lifepool", "lifepool-exec", "ppe", "ppe-spawn", "ppe-forkserver", "mp.Pool", "loky", "mpire", "ray"),
             lambda s: (s.cold_containers,),
+        ),
+        Scenario(
+            "later",
+            "a later pool of the process: construction to first result",
+            measure_later,
+            ("lifepool", "lifepool-exec", "ppe", "ppe-forkserver", "mp.Pool"),
+            lambda s: (2, 8),
+        ),
+        Scenario(
+            "later-tiny",
+            "the same, with lifepool's target class in a small module of its own",
+            measure_later_tiny,
+            ("lifepool", "lifepool-exec", "mp.Pool"),
+            lambda s: (2, 8),
+        ),
+        Scenario(
+            "all-serving",
+            "a later pool of the process: construction until every container answered",
+            measure_all_serving,
+            ("lifepool", "lifepool-exec", "ppe", "mp.Pool"),
+            lambda s: (8,),
+        ),
+        Scenario(
+            "replacement",
+            "lifepool: crash to next call served; peers: a one-worker pool's start",
+            measure_replacement,
+            ("lifepool", "lifepool-exec", "mp.Pool"),
+            lambda s: (1,),
+        ),
+        Scenario(
+            "snap",
+            "workers sharing a model loaded once (snap hook) vs an initializer in each (ppe, fork)",
+            measure_snap,
+            ("lifepool", "lifepool-exec", "ppe"),
+            lambda s: (s.snap_containers,),
         ),
         Scenario(
             "payload",
@@ -835,7 +1035,7 @@ SCENARIOS = {
             "memory",
             "parent and worker memory with idle containers",
             measure_memory,
-            ("lifepool", *POOL_PEERS),
+            ("lifepool", "lifepool-exec", *POOL_PEERS),
             lambda s: (s.memory_containers,),
         ),
     )
@@ -864,6 +1064,7 @@ class Outcome:
     values: dict[str, float]
     failure: str = ""
     wall: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the driver ran
 
 
 def stop_group(pgid: int) -> int:
@@ -886,6 +1087,7 @@ def run_driver(scenario: str, contestant: str, containers: int, settings: Settin
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     code = "from benchmarks.bench import measure_main; measure_main()"
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(request)],
@@ -905,7 +1107,7 @@ def run_driver(scenario: str, contestant: str, containers: int, settings: Settin
         stop_group(proc.pid)
         _, err = proc.communicate()
         print("    " + "\n    ".join(err.strip().splitlines()[-40:]), file=sys.stderr)
-        return Outcome({}, f"timeout after {settings.timeout:g} s", time.perf_counter() - start)
+        return Outcome({}, f"timeout after {settings.timeout:g} s", time.perf_counter() - start, (load_before, NOISY))
     wall = time.perf_counter() - start
     time.sleep(0.2)  # let exiting workers finish before looking for leftovers
     if leftovers := stop_group(proc.pid):
@@ -914,8 +1116,11 @@ def run_driver(scenario: str, contestant: str, containers: int, settings: Settin
     if proc.returncode != 0 or not results:
         lines = err.strip().splitlines() or [f"exit status {proc.returncode}"]
         print("    " + "\n    ".join(lines[-6:]), file=sys.stderr)
-        return Outcome({}, f"error: {lines[-1][:120]}", wall)
-    return Outcome(json.loads(results[-1][len(MARKER) :]), "", wall)
+        return Outcome({}, f"error: {lines[-1][:120]}", wall, (load_before, os.getloadavg()[0]))
+    return Outcome(json.loads(results[-1][len(MARKER) :]), "", wall, (load_before, os.getloadavg()[0]))
+
+
+NOISY = 1.0  # a row measured while the 1-minute load average was above this is marked noisy
 
 
 def fmt(value: float) -> str:
@@ -967,8 +1172,8 @@ class Results:
         """Markdown table of the median of each row for each contestant."""
         names = self.contestants()
         lines = [
-            "| metric | " + " | ".join(names) + " |",
-            "|---|" + "---:|" * len(names),
+            "| metric | " + " | ".join(names) + " | load avg |",
+            "|---|" + "---:|" * len(names) + "---|",
         ]
         for row in self.rows():
             cells = []
@@ -979,8 +1184,23 @@ class Results:
                 if good and len(good) < len(samples):
                     cell += f" ({len(samples) - len(good)} failed)"
                 cells.append(cell)
-            lines.append(f"| {row[2]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row[2]} | " + " | ".join(cells) + f" | {self.load_cell(row)} |")
         return "\n".join(lines)
+
+    def load_cell(self, row: tuple[str, int, str]) -> str:
+        """The highest 1-minute load average seen around the row's drivers; "noisy" above NOISY."""
+        scenario, containers, _ = row
+        loads = [
+            value
+            for (name, count, _), outcomes in self.outcomes.items()
+            if (name, count) == (scenario, containers)
+            for outcome in outcomes
+            for value in outcome.load
+        ]
+        if not loads:
+            return "–"
+        highest = max(loads)
+        return f"{highest:.2f} noisy" if highest > NOISY else f"{highest:.2f}"
 
     def ratio_table(self) -> str:
         """Markdown table of lifepool/peer: median of per-round ratios [min–max]."""

@@ -6,8 +6,9 @@ Two styles are supported, as in Modal:
   (which win when both are defined);
 * ``@lifepool.enter()`` / ``@lifepool.exit()`` on methods taking only ``self``;
   they run after ``__enter__`` / before ``__exit__``, in definition order
-  (base classes first); ``@lifepool.enter(snap=True)`` hooks run before the
-  other ``@lifepool.enter()`` hooks.
+  (base classes first); ``@lifepool.enter(snap=True)`` hooks run before
+  ``__enter__`` and the other ``@lifepool.enter()`` hooks (once, in the
+  template, with ``start_method="template"``).
 
 A class marked ``__lifepool_dunder_hooks__ = False`` (what ``@app.cls()`` of
 ``lifepool.App`` sets, following today's Modal) runs only the decorated hooks:
@@ -35,9 +36,11 @@ _WRAPPED_ATTR = "__lifepool_wrapped__"  # a descriptor in a class body standing 
 def enter(*, snap: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method (``self`` only, sync or async) to run once when a container starts.
 
-    ``snap=True`` (Modal's memory-snapshot hooks) runs the hook before the
-    other enter hooks. For now it runs in each container like any enter hook:
-    no snapshot is taken or shared.
+    ``snap=True`` (Modal's memory-snapshot hooks) runs the hook once, in the
+    pool's template process, before any container is forked from it (then
+    ``__enter__`` and the other enter hooks run in each container): what it
+    builds is shared copy-on-write. With another start method, or when the
+    template has threads after its snap hooks, it runs first in each container.
     """
     if not isinstance(snap, bool):
         raise TypeError(f"snap must be a bool, not {type(snap).__name__}")
@@ -128,6 +131,7 @@ class ClassInfo:
     batched: dict[str, tuple[int, float]]  # @batched methods: (max_batch_size, wait_ms)
     max_inputs: int  # from @concurrent(max_inputs=N), else 1
     dunder_hooks: bool = True  # __enter__/__exit__ (and the async ones) are hooks (False in App mode)
+    snap_hooks: tuple[str, ...] = ()  # @enter(snap=True) methods, in order (the first of enter_hooks)
 
 
 def inspect_class(cls: type) -> ClassInfo:
@@ -161,6 +165,7 @@ def inspect_class(cls: type) -> ClassInfo:
         batched,
         getattr(cls, _CONCURRENT_ATTR, 1),
         getattr(cls, _DUNDER_HOOKS_ATTR, True) is not False,
+        tuple(snap_hooks),
     )
 
 

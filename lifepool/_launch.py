@@ -1,4 +1,4 @@
-"""The default start method, ``"exec"``: fork+exec of a fresh interpreter, and nothing else.
+"""The start method ``"exec"`` (and how the template starts): fork+exec of a fresh interpreter, and nothing else.
 
     dispatcher thread (SIGINT/SIGTERM blocked)        container
     ------------------------------------------        ---------
@@ -200,9 +200,9 @@ def _pickle_call(target: Any, args: tuple[Any, ...]) -> tuple[bytes, list[int]]:
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj: Any) -> Any:
-            if isinstance(obj, Connection):
+            if isinstance(obj, (Connection, ChildEnd)):
                 fds.append(obj.fileno())
-                return ("connection", obj.fileno(), obj.readable, obj.writable)
+                return ("connection", obj.fileno(), True, True)
             return None
 
     with io.BytesIO() as buffer:

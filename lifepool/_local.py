@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 import threading
-from multiprocessing.connection import Connection
 from typing import Any
 
 from . import _launch, _output, _shm, _wire, _worker
@@ -138,6 +137,8 @@ class LocalBackend(Backend):
             if output_options is not None:
                 if self._forwarder is None:
                     self._forwarder = _output.Forwarder(options["pool_name"])
+                from multiprocessing.connection import Connection  # (not at import: a template imports this module)
+
                 read_ends, writes = self._forwarder.pipes()
                 # As Connections, every start method hands them over as it does
                 # the socket: pass_fds for "exec" and spawn, fd passing for the

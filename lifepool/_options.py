@@ -14,7 +14,7 @@ from typing import Any
 from . import _launch
 from ._backend import Backend
 
-START_METHODS = ("exec", "loky", "spawn", "forkserver")
+START_METHODS = ("template", "exec", "loky", "spawn", "forkserver")
 BACKENDS = ("local", "ray")
 DEFAULT_BACKEND = "local"  # what backend=None means (the test suite runs its contract tests on each backend)
 
@@ -81,7 +81,13 @@ def engine(backend: Any, start_method: str | None) -> Backend:
         return RayBackend()
     from ._local import LocalBackend
 
-    return LocalBackend(context(start_method or "exec"))
+    if start_method in (None, "template"):
+        from . import _template
+
+        if _template.can_use():
+            return _template.TemplateBackend()
+        start_method = "exec"  # (no pidfds here: see _template.can_use)
+    return LocalBackend(context(start_method))
 
 
 def context(start_method: str) -> Any:

@@ -76,6 +76,10 @@ class OutputOptions:
         self.pool_name = pool_name
         self._prefix = check_prefix(prefix, class_name, pool_name)
 
+    def uses_pid(self) -> bool:
+        """Whether the prefix shows the container's pid (``{pid}`` in a format string)."""
+        return isinstance(self._prefix, str) and self.prefix(0, 1) != self.prefix(0, 2)
+
     def prefix(self, index: int, pid: int | None) -> str:
         prefix = self._prefix
         if prefix is None:
@@ -124,11 +128,23 @@ def parent_log_level() -> int:
 class ContainerOutput:
     """The read ends of one container's pipes, and what was read of them that is not yet a whole line."""
 
-    def __init__(self, forwarder: Forwarder, fds: tuple[int, int, int], prefix: str, index: int) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        fds: tuple[int, ...],  # (out, err, log)
+        prefix: str | Callable[[int | None], str],
+        index: int,
+    ) -> None:
         self.forwarder = forwarder
-        self.prefix = prefix
         self.index = index
         self.pid: int | None = None
+        # A container whose pid the parent learns only later (a template's: see
+        # _template.TemplateTransport) has learn_pid(wait); a prefix that shows
+        # the pid is then prefix(pid), made at the first line, which waits for
+        # the pid (the container is forked, or about to be: it is on its way).
+        self.prefix = "" if callable(prefix) else prefix
+        self._make_prefix = prefix if callable(prefix) else None
+        self.learn_pid: Callable[[bool], int | None] | None = None
         out, err, log = fds
         self.kinds = {out: "stdout", err: "stderr", log: "log"}
         self.partial: dict[int, bytes] = {fd: b"" for fd in fds}
@@ -176,7 +192,16 @@ class ContainerOutput:
         if ended:
             self._close(fd)
 
+    def _learned_pid(self, wait: bool) -> int | None:
+        """The pid of a container started without one (see __init__), if known (or, *wait*: once known)."""
+        if self.pid is None and self.learn_pid is not None:
+            self.pid = self.learn_pid(wait)
+        return self.pid
+
     def _forward(self, fd: int, data: bytes, ended: bool) -> None:
+        if self._make_prefix is not None:
+            self.prefix = self._make_prefix(self._learned_pid(True))
+            self._make_prefix = None
         data = self.partial[fd] + data
         kind = self.kinds[fd]
         if kind == "log":
@@ -210,7 +235,7 @@ class ContainerOutput:
                 continue
             record = logging.makeLogRecord(fields)
             record.container_index = self.index
-            record.container_pid = self.pid
+            record.container_pid = self._learned_pid(False)
             name = fields.get("name")
             logger = logging.getLogger(None if name == "root" else name)
             if logger.isEnabledFor(record.levelno):
@@ -382,6 +407,39 @@ def redirect(ends: tuple[Any, Any, Any, int]) -> Callable[[], None]:
     # (a container imports logging only if its user code does: it costs every container's start)
     _worker.on_import("logging", lambda logging: _install_handler(logging, log_fd, level))
     return flush
+
+
+def lend(ends: tuple[Any, Any, Any, int]) -> Callable[[], None]:
+    """In a template: its output goes to the pipes of the container whose start made it, while it loads.
+
+    What the snap hooks print or log is that container's output (once, where
+    ``"exec"`` would print it in every container), ahead of the container's
+    own in the same pipes. Returns the function that gives the pipes back
+    once the snap hooks ran: the parent's descriptors of the template's start
+    on 1 and 2 again, the log handler gone, no copy of the pipes left here,
+    so that their end comes with the container's (and the containers forked
+    later never inherit them).
+    """
+    import logging  # (imported already in a template: the handler is installed at once, not on import)
+
+    saved = os.dup(1), os.dup(2)
+    root = logging.getLogger()
+    level = root.level
+    before = list(root.handlers)
+    redirect(ends)
+    added = [handler for handler in root.handlers if handler not in before]
+
+    def give_back() -> None:
+        flush()
+        for handler in added:
+            root.removeHandler(handler)
+            os.close(handler.fd)  # type: ignore[attr-defined]  # (a PipeHandler: see _handler_class)
+        root.setLevel(level)
+        for fd, target in zip(saved, (1, 2), strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+
+    return give_back
 
 
 def flush() -> None:

@@ -91,8 +91,13 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
     exit_grace_period
         Seconds each container's exit (hooks included) may take before SIGKILL.
     start_method
-        ``"exec"`` (default: fork+exec of a fresh interpreter running a small
-        bootstrap, see ``lifepool/_launch.py``; it never imports ``__main__``),
+        ``"template"`` (default: containers are forked from one template
+        process per pool, itself a fresh interpreter started by fork+exec, that
+        imported the target's module and ran its ``@lifepool.enter(snap=True)``
+        hooks once; see ``lifepool/_template.py``. Where pidfds are missing it
+        is ``"exec"``), ``"exec"`` (fork+exec of a fresh interpreter per
+        container running a small bootstrap, see ``lifepool/_launch.py``; it
+        never imports ``__main__``),
         ``"loky"`` (fork+exec through loky's process context: the same
         guarantees, a slower start), or ``"spawn"``/``"forkserver"`` (the
         standard library's, which re-import ``__main__`` in the container).
@@ -672,5 +677,3 @@ def _no_method(info: _hooks.ClassInfo, name: str) -> str:
     if name.startswith("_"):
         return f"{info.name}.{name} is private; only public methods can be called remotely"
     return f"{info.name} has no public method {name!r}"
-
-

@@ -456,26 +456,44 @@ class _Worker:
             self._send_lock.release()
 
     # -- lifecycle --------------------------------------------------------
-    def enter(self, target_blob: bytes) -> None:
+    def enter(self, target_blob: bytes | None, snapshot: Any = None) -> None:
+        """Make the instance (or take the template's *snapshot* of it), then run its enter hooks.
+
+        Order: instantiate, ``@enter(snap=True)`` hooks, ``__enter__``, the other
+        ``@enter()`` hooks. With a snapshot the first two ran in the template.
+        """
         global _current
         _apply_environment(self.options.get("environment"), self.index)
-        _state.loading_target = True
-        try:
-            target = _wire.loads(target_blob)
-        finally:
-            _state.loading_target = False
+        if snapshot is not None:
+            if snapshot.error is not None:
+                raise snapshot.error
+            target = snapshot.target
+        else:
+            assert target_blob is not None  # (only a template's fork comes without one, and with a snapshot)
+            _state.loading_target = True
+            try:
+                target = _wire.loads(target_blob)
+            finally:
+                _state.loading_target = False
         cls = target if isinstance(target, type) else type(target)
         self.info = _hooks.inspect_class(cls)
-        self.instance = self.run_user(cls) if isinstance(target, type) else target
+        if snapshot is not None:
+            self.instance = snapshot.instance
+        else:
+            self.instance = self.run_user(cls) if isinstance(target, type) else target
         _current = Container(self.index, self.options["pool_name"], self.instance)
         self.send(_wire.frame(_wire.ENTERING, os.getpid()))
+        snap = self.info.snap_hooks
+        if snapshot is None:
+            for name in snap:
+                self.run_user(getattr(self.instance, name))
         if not self.info.dunder_hooks:
             pass  # App mode (lifepool.App): only decorated hooks run, as in today's Modal
         elif _hooks.is_async(getattr(cls, "__aenter__", None)):
             self.run_user(self.instance.__aenter__)
         elif hasattr(cls, "__enter__"):
             self.run_user(self.instance.__enter__)
-        for name in self.info.enter_hooks:
+        for name in self.info.enter_hooks[len(snap) :]:
             self.run_user(getattr(self.instance, name))
 
     def exit(self, exc: BaseException | None) -> list[bytes]:
@@ -930,20 +948,25 @@ def _trimmed(exc: BaseException) -> BaseException:
     return exc.with_traceback(tb)
 
 
-def _watch_parent(conn_fd: int, parent_pid: int, options: dict[str, Any]) -> None:
+def _watch_parent(conn_fd: int, parent_pid: int | None, options: dict[str, Any], parent_fd: int | None) -> None:
     """Notice the parent vanish while the main thread is busy; interrupt it, and bound the stop.
 
     *parent_pid* is this process's parent when it started, which is not the
     pool's parent under multiprocessing's fork server: the fork server is.
-    A change means the process was reparented: its parent died.
+    A change means the process was reparented: its parent died. A container
+    of a template (whose parent is the template, which may die and be
+    replaced while the pool runs on) watches *parent_fd* instead, a pidfd of
+    the pool's parent: readable once it exited.
     """
     _block_interrupts_in_this_thread()
     poller = select.poll()
     # POLLRDHUP: wake on the parent's end closing, not on ordinary data.
     poller.register(conn_fd, getattr(select, "POLLRDHUP", 0) | select.POLLHUP)
+    if parent_fd is not None:
+        poller.register(parent_fd, select.POLLIN)
     while True:
-        events = poller.poll(_WATCH_INTERVAL * 1000)
-        if events or os.getppid() != parent_pid:
+        events = poller.poll(None if parent_pid is None else _WATCH_INTERVAL * 1000)
+        if events or (parent_pid is not None and os.getppid() != parent_pid):
             break
     _state.parent_gone = True
     _leave_when_orphaned(options)
@@ -953,7 +976,7 @@ def _watch_parent(conn_fd: int, parent_pid: int, options: dict[str, Any]) -> Non
     signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
 
 
-def _set_process_name(pool_name: str, index: int) -> None:
+def _set_process_name(pool_name: str, index: int | str) -> None:
     """Name this process ``lp-<pool name>-<index>`` where ``top`` and ``ps -o comm`` look (Linux; 15 bytes)."""
     suffix = f"-{index}"
     name = f"lp-{pool_name}".encode(errors="replace")[: 15 - len(suffix)] + suffix.encode()
@@ -986,11 +1009,20 @@ def _leave_when_orphaned(options: dict[str, Any]) -> None:
     timer.start()
 
 
-def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any], output: Any = None) -> None:
-    """Entry point of a container process (the target of its Process object).
+def main(
+    conn: Any,
+    index: int,
+    target_blob: bytes | None,
+    options: dict[str, Any],
+    output: Any = None,
+    snapshot: Any = None,
+) -> None:
+    """Entry point of a container process (the target of its Process object, or forked by a template).
 
     *output*: with ``forward_output``, the write ends of this container's
     output pipes and the parent's log level (see ``lifepool/_output.py``).
+    *snapshot* (a ``_template.Snapshot``) is what the template made before
+    forking this process: the instance, its snap hooks already run.
     """
     flush_output = None
     if output is not None:
@@ -1006,6 +1038,9 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any], out
         signal.signal(signum, _ignore_signal)
         signal.siginterrupt(signum, False)  # system calls restart: no EINTR for C code
     os.register_at_fork(after_in_child=_signals_after_fork)
+    sentinel = options.get("sentinel")  # (a template's container: the pipe whose EOF tells the parent it exited)
+    if sentinel is not None:
+        os.register_at_fork(after_in_child=sentinel.close)  # only this process holds it, not its forks
     share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
     _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
@@ -1016,16 +1051,25 @@ def main(conn: Any, index: int, target_blob: bytes, options: dict[str, Any], out
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
     # container that has no policy yet); the mask is inherited, undo it now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, INTERRUPT_SIGNAL, signal.SIGTERM})
+    parent_pid: int | None = os.getppid()
+    parent_fd = None
+    if options.get("template_child"):
+        parent_pid = None
+        try:
+            parent_fd = os.pidfd_open(options["parent_pid"])
+        except OSError:  # (gone already: the pipe has hung up too)
+            parent_fd = None
     threading.Thread(
         target=_watch_parent,
-        args=(conn.fileno(), os.getppid(), options),
+        args=(conn.fileno(), parent_pid, options, parent_fd),
         name="lifepool-watch",
         daemon=True,
     ).start()
     worker = _state.worker = _Worker(conn, index, options)
     worker.flush_output = flush_output
     try:
-        worker.enter(target_blob)
+        worker.enter(target_blob, snapshot)
+        snapshot = None
     except BaseException as error:  # noqa: BLE001 - reported; a failed enter gets no exit hook
         try:
             worker.send(_wire.frame(_wire.ENTER_FAILED, body=_wire.exception_blob(_trimmed(error))))

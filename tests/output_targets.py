@@ -50,3 +50,20 @@ class Speaker:
         if x == -1:
             raise ValueError("bad input")
         return x * x
+
+
+class Snapper:
+    """Prints and logs in a snap hook (once, in the template) and in ``__enter__`` (in each container)."""
+
+    @lifepool.enter(snap=True)
+    def load(self) -> None:
+        print("loading once")
+        logging.getLogger("from.snap").warning("loaded")
+
+    def __enter__(self) -> Snapper:
+        print("entered")
+        return self
+
+    def say(self, text: str) -> int:
+        print(text)
+        return lifepool.current_container().index

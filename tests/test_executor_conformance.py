@@ -70,7 +70,7 @@ from executor_targets import (
 import lifepool
 from lifepool._schedule import Call
 
-START_METHODS = ("exec", "loky", "spawn", "forkserver")
+START_METHODS = ("template", "exec", "loky", "spawn", "forkserver")
 CONTAINERS = 2
 BOUND = 60.0  # seconds: a bound on every wait, never reached unless something is broken
 

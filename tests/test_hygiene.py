@@ -227,6 +227,10 @@ def test_a_call_refused_after_it_was_encoded_unlinks_its_segment(monkeypatch):
 
 
 def test_shutdown_leaves_no_descriptor_of_the_pool_behind():
+    # What the first pool of a process brings for good (the template start method's zygote:
+    # its socket and pidfd, one per parent) is not the pool's.
+    with lifepool.LifecyclePool(Maker, containers=1) as p:
+        p.ok.call()
     before = _fds()
     p = lifepool.LifecyclePool(Maker, containers=2)
     assert list(p.ok.map(range(10))) == [1] * 10

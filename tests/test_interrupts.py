@@ -339,6 +339,15 @@ def test_notebook_interrupt_cancels_the_operation_and_keeps_the_pool(program):
 def test_pool_installs_sigterm_handler_only_over_the_default_and_restores_only_its_own():
     from lifepool import _signals
 
+    # (the session's Ray, once the Ray leg started it, left its own SIGTERM handler in this process)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        _check_sigterm_handlers(_signals)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _check_sigterm_handlers(_signals):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     pool = lifepool.LifecyclePool(dict, containers=1)
     assert signal.getsignal(signal.SIGTERM) is _signals._on_sigterm

@@ -15,18 +15,25 @@ from conftest import assert_gone
 from launch_targets import Surroundings, exit_with, kill_self_with, report_start
 
 import lifepool
-from lifepool import _launch, _worker
+from lifepool import _launch, _template, _worker
 from lifepool._options import START_METHODS
 
 
-def test_exec_is_the_default_and_containers_never_import_main():
-    with lifepool.LifecyclePool(Surroundings, containers=2) as pool:
+@pytest.mark.parametrize("start_method", [None, "exec"])
+def test_template_is_the_default_exec_is_selectable_and_containers_never_import_main(start_method):
+    with lifepool.LifecyclePool(Surroundings, containers=2, start_method=start_method) as pool:
         seen = pool.where.call()  # (all containers are started before the first call can run)
-        assert all(isinstance(r.transport.process, _launch.ExecProcess) for r in pool._dispatcher.slots)
+        transports = [r.transport for r in pool._dispatcher.slots]
+        if start_method is None:
+            assert all(isinstance(t, _template.TemplateTransport) for t in transports)
+            parent = transports[0].template.pid
+        else:
+            assert all(isinstance(t.process, _launch.ExecProcess) for t in transports)
+            parent = os.getpid()
         pids = {pool.pid.call() for _ in range(4)} | {r.pid for r in pool._dispatcher.slots}
     assert seen["main_file"] is None  # the bootstrap's ``-c``, not the parent's __main__ (pytest's)
     assert seen["argv"] == sys.argv
-    assert seen["ppid"] == os.getpid()
+    assert seen["ppid"] == parent
     assert seen["pgrp"] == os.getpgrp()  # Ctrl-C in a terminal reaches the containers too
     # Caught by a handler that does nothing, not ignored: SIG_IGN would outlive exec in the user's subprocesses.
     assert {signal.SIGINT, signal.SIGTERM} <= seen["signals"]["SigCgt"]
@@ -84,8 +91,8 @@ def test_killed_container_is_reported_by_signal_and_leaves_no_zombie():
 def test_every_start_method_runs_calls_and_reports_crashes(start_method):
     with lifepool.LifecyclePool(Surroundings, containers=2, start_method=start_method) as pool:
         seen = pool.where.call()
-        # (forkserver's containers are children of its server)
-        assert seen["ppid"] == os.getpid() or start_method == "forkserver"
+        # (forkserver's containers are children of its server, a template's of the template)
+        assert seen["ppid"] == os.getpid() or start_method in ("forkserver", "template")
         pids = {pool.pid.call()}
         with pytest.raises(lifepool.ContainerCrashedError, match="killed by SIGKILL"):
             pool.kill_self.call()
@@ -161,7 +168,7 @@ def test_a_pool_stops_even_when_the_fork_server_dies(tmp_path):
 
 
 def test_unknown_start_method_names_the_choices():
-    with pytest.raises(ValueError, match="'exec', 'loky', 'spawn', 'forkserver'"):
+    with pytest.raises(ValueError, match="'template', 'exec', 'loky', 'spawn', 'forkserver'"):
         lifepool.LifecyclePool(Surroundings, start_method="fork")
 
 
@@ -236,7 +243,8 @@ def test_launched_process_exit_codes(sentinel_kind, target, arg, code):
 def test_launch_failure_is_an_enter_failure(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with pytest.raises(lifepool.EnterError) as info:
-        with lifepool.LifecyclePool(Surroundings, containers=1) as pool:
+        # (the exec launcher: a template's containers are forks, and its zygote may be up already)
+        with lifepool.LifecyclePool(Surroundings, containers=1, start_method="exec") as pool:
             pool.pid.call()
     assert isinstance(info.value.__cause__, FileNotFoundError)
 

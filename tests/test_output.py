@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from output_targets import Speaker
+from output_targets import Snapper, Speaker
 
 import lifepool
 
@@ -47,7 +47,7 @@ def test_a_partial_line_waits_for_its_newline(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out == "[Speaker:0] at the end\n"  # the pipe's end ends the line
 
 
-@pytest.mark.parametrize("start_method", ["exec", "spawn", "forkserver", "loky"])
+@pytest.mark.parametrize("start_method", ["template", "exec", "spawn", "forkserver", "loky"])
 def test_every_start_method_forwards(start_method: str, capsys: pytest.CaptureFixture[str]) -> None:
     with lifepool.LifecyclePool(Speaker, containers=2, start_method=start_method) as pool:
         indices = [pool.say.spawn(f"line {i}").result() for i in range(4)]
@@ -150,3 +150,30 @@ def test_a_script_shows_prefixed_lines(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[Model:0] entered\n[Model:0] computing 1\nresult 1\n"
+
+
+def test_a_template_forwards_its_snap_hooks_once_then_each_container(capsys, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="from.snap"):
+        with lifepool.LifecyclePool(Snapper, containers=2, start_method="template") as pool:
+            indices = [pool.say.spawn(f"line {i}").result() for i in range(4)]
+            pool.say.call("last")
+            first = pool.status().containers[0].pid
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.endswith("loading once")] == ["[Snapper:0] loading once"], out
+    assert out.index("[Snapper:0] loading once") < out.index("[Snapper:0] entered")
+    assert sorted(line for line in out if line.endswith("entered")) == ["[Snapper:0] entered", "[Snapper:1] entered"]
+    for i, index in enumerate(indices):
+        assert f"[Snapper:{index}] line {i}" in out
+    records = [r for r in caplog.records if r.name == "from.snap"]
+    assert [(r.getMessage(), r.container_index) for r in records] == [("loaded", 0)]
+    assert first is not None
+
+
+def test_a_template_leaves_no_descriptor_open_and_replacements_forward() -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    with lifepool.LifecyclePool(Speaker, containers=1, start_method="template") as pool:
+        for _ in range(3):
+            with pytest.raises(lifepool.ContainerCrashedError):
+                pool.die.call("bye")
+        assert pool.square.call(3) == 9
+    assert set(os.listdir("/proc/self/fd")) <= before

@@ -58,7 +58,6 @@ class Containers(Tables):
     def _entered(self, record: ContainerRecord) -> None:
         """READY: it serves from now on, and owes exactly one exit."""
         record.entered = True
-        record.pid = _transport(record).pid  # (an engine may learn it only once the container runs: Ray)
         record.state = ContainerState.READY
         record.enter_seconds = now = time.monotonic()
         record.enter_seconds -= record.started

@@ -249,12 +249,17 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
                     call.sink(("error", undecodable(call, error)))
         elif tag == _wire.ENTERING:
             record.state = ContainerState.ENTERING
+            # Its own pid, as the container says it: every engine's, including those that
+            # learn it only once the container runs (a template's container, a Ray actor's).
+            record.pid = call_id
             if self._abort:
                 self._signal(record)
         elif tag == _wire.READY:
             self._entered(record)
         elif tag == _wire.ENTER_FAILED:
             record.enter_failed = True
+            if record.pid is None:
+                record.pid = _transport(record).pid
             self._leaving(record, ContainerState.EXITING)  # it leaves without exit hooks
             self._enter_failed(record, _wire.load_exception(bytes(body)))
         elif tag == _wire.EXITED:

@@ -1,0 +1,627 @@
+"""The default start method, ``"template"``: containers forked from one template process per pool.
+
+    parent (dispatcher thread)                 template (one per pool)              container
+    --------------------------                 -----------------------              ---------
+    Template(): _zygote.get().spawn_template ► forked from the parent's zygote
+                (see lifepool/_zygote.py)      (a clean fork+exec'd interpreter):
+                                               serve(): signal policy, unpickle
+                                               the target (its module and
+                                               imports load here), instantiate,
+                                               snap hooks, gc.freeze()
+    start(): socketpair + sentinel pipe
+      (+ forward_output: 3 output pipes)
+      ("fork", id, index, options, level)
+      + SCM_RIGHTS [socket end, pipe w, 1, 2,
+        (out w, err w, log w)] ──────────────► os.fork() ───────────────────────► _worker.main(conn, index,
+                                               closes its copies of every end      output=the 3 ends,
+                                                                                   snapshot=the instance):
+                                                                                   _output.redirect first
+           ◄──────────────────────────────── ("pid", id, pid)                      ordinary enter hooks, serve
+      pidfd_open(pid) (not reaped yet: the
+      pid is still this container's)
+    sentinel = the pipe's read end: EOF once the container exited
+    reap(): ("reap", id) ────────────────────► waitpid ─► ("status", id, code)
+
+Why a template. A fresh interpreter per container (``"exec"``) pays the
+interpreter start, every import and the enter hooks again in each container
+and each replacement, and N containers hold N copies of whatever the enter
+hooks loaded. A fork of a process that has done all that once costs a
+fraction of a millisecond and shares its memory copy-on-write. Forking the
+pool's parent would copy a threaded process (the dispatcher, the user's
+threads) and run ``__main__``'s state in the child; forking a template that
+was itself started clean by fork+exec and never ran more than one thread
+keeps the guarantees of ``"exec"``.
+
+What the container keeps of ``"exec"``'s guarantees, and how:
+
+* Parent-death detection. The container's parent is the template, so
+  ``getppid()`` says nothing about the pool's parent; the container watches a
+  pidfd of the pool's parent instead (``_worker._watch_parent``), besides EOF
+  on its socket, whose other end only the pool's parent holds.
+* Sentinel and exit code. ``waitpid`` works only for one's own children, so
+  the sentinel is the read end of a pipe whose write end only the container
+  holds (closed in its forks, and on exec), and the exit status comes from
+  the template, which reaps a container only when the parent asks: until
+  then the pid (and the pidfd the parent opened, used for signals) is the
+  container's. A container of a template that died was reparented and reaped
+  by someone else: its status is unknown (None).
+* Signal policy. The template ignores SIGINT and SIGTERM as a container does;
+  the fork child inherits that until ``_worker.main`` sets its own.
+* No orphans. The template has no thread of its own and sits in a blocking
+  read of its control socket: EOF (the parent is gone, or closed the pool)
+  ends it with ``os._exit``, running none of the user's hooks. Containers
+  outlive a template that dies; the next start makes a new template.
+* Output forwarding. The container's pipes are made in the parent and the
+  read ends stay there (a ``ContainerOutput`` on the pool's ``Forwarder``,
+  drained by ``recv`` and ``reap`` exactly as for ``LocalTransport``); the
+  template holds the write ends only from the request to the fork. Its own
+  load prints into the pipes of the container whose start made it, and
+  gives them back before the first fork (``_output.lend``).
+* Threads. A fork copies only the forking thread. If the template has more
+  Python threads than one after the snap hooks (``threading.active_count()``),
+  it warns once and starts each container by fork+exec instead, with the snap
+  hooks run in every container. Native threads Python does not know of are
+  not counted: OpenBLAS's pool (started by ``import numpy``) is idle and
+  fork-safe through ``pthread_atfork``, and counting it would turn every NumPy
+  user away; but an OpenMP runtime that ran a parallel region in a snap hook
+  (GNU libgomp, torch's intra-op pool) is not fork-safe, and this check does
+  not see it. Keep parallel work out of snap hooks (see the docs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import threading
+import weakref
+
+from . import _launch, _local, _output, _wire, _worker
+from ._local import LocalBackend, LocalTransport
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+logger = logging.getLogger("lifepool")
+
+_REPLY_TIMEOUT = 30.0  # seconds a reply the template owes at once (a pid, a status) may take
+
+
+def can_use() -> bool:
+    """Whether the template start method works here (pidfds: Linux 5.3+)."""
+    return hasattr(os, "fork") and hasattr(socket, "send_fds") and _launch._has_pidfd()
+
+
+# -- the parent's side -------------------------------------------------------
+
+
+class Template:
+    """The parent's handle on one template process and its control socket."""
+
+    def __init__(self, target_blob: bytes, options: dict[str, Any], output: tuple[int, ...] = ()) -> None:
+        from . import _zygote
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options, output)
+            if pid is None:  # (the zygote died: once more with a new one)
+                pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options, output)
+            if pid is None:
+                raise OSError("lifepool could not start a template process (its zygote died)")
+            # The zygote reaps it only when a later request comes, which waits for our lock: still this one.
+            self.pidfd = os.pidfd_open(pid)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.pid = pid
+        self.broken = False  # the control socket failed: the template is gone
+        self._ids = itertools.count()
+        self._replies: dict[int, Any] = {}
+        self._lock = threading.Lock()  # one reader of the control socket at a time
+        _live.add(self)
+
+    def usable(self) -> bool:
+        if not self.broken and select.select([self.pidfd], [], [], 0)[0]:
+            self.broken = True
+        return not self.broken
+
+    def request(self, message: tuple[Any, ...], fds: list[int] | None = None) -> int:
+        request_id = next(self._ids)
+        try:
+            socket.send_fds(self.sock, [pickle.dumps((message[0], request_id, *message[1:]))], fds or [])
+        except OSError:
+            self.broken = True
+        return request_id
+
+    def reply(self, request_id: int, timeout: float | None) -> tuple[bool, Any]:
+        """(True, value) once the template answered *request_id*; (False, None) if not within *timeout* or never.
+
+        With *timeout* 0 it never waits, not even for another thread reading the socket.
+        """
+        if not self._lock.acquire(blocking=timeout != 0):
+            return False, None
+        with _held(self._lock):
+            while request_id not in self._replies:
+                if self.broken or not select.select([self.sock], [], [], timeout)[0]:
+                    return False, None
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.broken = True
+                    return False, None
+                kind, answered, value = pickle.loads(data)
+                if kind == "warn":
+                    logger.warning("%s", value)
+                else:
+                    self._replies[answered] = value
+            return True, self._replies.pop(request_id)
+
+    def kill(self) -> None:
+        self.broken = True
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Stop the template now (it runs none of the user's code at exit); the zygote reaps it."""
+        self.kill()
+        self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        _live.discard(self)
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """Release *lock*, acquired already, at the end of the block."""
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+_live: weakref.WeakSet[Template] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A fork of the parent holds no copy of a template's socket: EOF must still reach the template."""
+    for template in list(_live):
+        template.sock.close()
+        template.broken = True
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class TemplateTransport(LocalTransport):
+    """A container forked by a template: signals through a pidfd, exit status from the template."""
+
+    def __init__(
+        self, template: Template, request_id: int, sentinel: int, conn: Any, output: _output.ContainerOutput | None
+    ) -> None:
+        self.template = template
+        self.request_id = request_id
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._known = False  # the template answered (with a pid, or None: it could not start it)
+        self._learning = threading.Lock()  # (the dispatcher, a borrower and the output's reader may ask)
+        self.process = None
+        self.messages = conn
+        self.sentinel = sentinel
+        self.fd = conn.fileno()
+        self.reader = _wire.Reader(self.fd)
+        self.recv = self.reader.recv  # type: ignore[method-assign]
+        self.output = output
+        if output is not None:
+            output.learn_pid = self._learned_pid  # (a prefix may show the pid; log records carry it)
+            self.recv = _output.receiving(  # type: ignore[method-assign]
+                self.reader.recv, self.reader.ready, output
+            )  # (drains output before results)
+        self._recv = self.recv
+        self.recv = self._first_recv  # type: ignore[method-assign]
+
+    def _first_recv(self) -> bytes | bytearray:
+        """The first frame: the container runs, so the template's answer with its pid is sent or about to be.
+
+        The pid (and the pidfd) are known from here on, as for a container
+        started by its Process; then ``recv`` is the reader's again.
+        """
+        data = self._recv()
+        self.recv = self._recv  # type: ignore[method-assign]
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT)
+        return data
+
+    def _learned_pid(self, wait: bool) -> int | None:
+        """The pid if the template has said it (or, *wait*, once it says: it has forked the container, or will)."""
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT if wait else 0)
+        return self._pid
+
+    @property
+    def pid(self) -> int | None:  # type: ignore[override]
+        """The container's pid once the template has reported it (never blocks)."""
+        if not self._known:
+            self._learn(0)
+        return self._pid
+
+    def _learn(self, timeout: float | None) -> None:
+        # (without a timeout, never wait for another thread's learning either: the dispatcher must not block)
+        if not self._learning.acquire(blocking=timeout != 0):
+            return
+        try:
+            if self._known:
+                return
+            answered, pid = self.template.reply(self.request_id, timeout)
+            if not answered:
+                if self.template.broken:
+                    self._known = True  # (never started, or its template died before saying)
+                return
+            if pid is not None:
+                try:
+                    # Not reaped before the parent says so: this is the container.
+                    self._pidfd = os.pidfd_open(pid)
+                except OSError:
+                    self._pidfd = None
+            self._pid = pid
+            self._known = True
+        finally:
+            self._learning.release()
+
+    def _signal(self, signum: int) -> None:
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT)
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if not self._known:
+            self._learn(0)
+        if not self._known:
+            # Still queued behind the template's start (snap hooks running):
+            # the template goes, and with it the descriptors it was to hand on.
+            self.template.kill()
+            self._learn(0)
+            if self._pid is None:
+                _shutdown(self.fd)  # (forked in the instant before the kill, unreported: EOF makes it leave)
+                return
+        self._signal(signal.SIGKILL)
+
+    def reap(self) -> int | None:
+        code = None
+        if not self._known:
+            self._learn(_REPLY_TIMEOUT)
+        if self._pid is not None:
+            answered, code = self.template.reply(self.template.request(("reap", self._pid)), _REPLY_TIMEOUT)
+            if not answered:
+                code = None
+        if self.output is not None:
+            # What it printed before it died is forwarded before its calls fail (as LocalTransport.reap).
+            self.output.drain()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
+        from . import _shm
+
+        if self._pid is not None:
+            _shm.sweep(os.getpid(), creator_pid=self._pid)
+        return code
+
+    def forget(self) -> None:
+        if self.messages is not None:
+            self.messages.close()
+
+
+def _shutdown(fd: int) -> None:
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:  # (shuts the socket down for every copy)
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class TemplateBackend(LocalBackend):
+    """The local backend with containers forked from a template (one per pool, remade if it dies)."""
+
+    def __init__(self) -> None:
+        super().__init__(_launch.ExecContext())
+        self.template: Template | None = None
+        self._old: list[Template] = []  # died; reaped at close (containers may still ask them)
+
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> LocalTransport:
+        output_options = options.get("output")  # (the parent's: not sent to the template nor the container)
+        options = {**options, "parent_pid": os.getpid(), "output": None}
+        level = None
+        if output_options is not None:
+            level = _output.parent_log_level()
+            if self._forwarder is None:
+                self._forwarder = _output.Forwarder(options["pool_name"])
+        with _local._starting:
+            for _attempt in range(2):  # (a template found dead only when the request could not be sent: again)
+                read_ends: tuple[int, ...] = ()
+                write_ends: tuple[int, ...] = ()
+                if self._forwarder is not None and output_options is not None:
+                    # As for LocalBackend: three pipes, the read ends stay here, the write
+                    # ends go to the template with the socket's end and are the child's after the fork.
+                    read_ends, write_ends = self._forwarder.pipes()
+                parent_conn, child_conn = self.context.Pipe(duplex=True)
+                sentinel_r, sentinel_w = os.pipe()
+                try:
+                    template = self._template(target_blob, options, write_ends, level)
+                    # (descriptors 1 and 2 too: a container writes to the parent's stdout and stderr of its
+                    # start until it redirects them, or for good without forward_output)
+                    request_id = template.request(
+                        ("fork", index, options, level), [child_conn.fileno(), sentinel_w, 1, 2, *write_ends]
+                    )
+                except BaseException:
+                    parent_conn.close()
+                    os.close(sentinel_r)
+                    for fd in read_ends:
+                        os.close(fd)
+                    raise
+                finally:
+                    child_conn.close()
+                    os.close(sentinel_w)  # (the message in flight holds one; then only the container)
+                    for fd in write_ends:
+                        os.close(fd)  # (likewise: the container holds them, and its template while it loads)
+                if not template.broken:
+                    break
+                parent_conn.close()
+                os.close(sentinel_r)
+                for fd in read_ends:
+                    os.close(fd)
+            else:
+                raise OSError(f"lifepool could not reach a template process for pool {options['pool_name']!r}")
+        output = None
+        if self._forwarder is not None and output_options is not None:
+            # (the pid comes later, from the template: a prefix showing it is made at the first line)
+            prefix = (
+                functools.partial(output_options.prefix, index)
+                if output_options.uses_pid()
+                else output_options.prefix(index, None)
+            )
+            output = _output.ContainerOutput(self._forwarder, read_ends, prefix, index)
+        transport = TemplateTransport(template, request_id, sentinel_r, parent_conn, output)
+        if output is not None and self._forwarder is not None:
+            self._forwarder.add(output)
+        return transport
+
+    def _template(
+        self, target_blob: bytes, options: dict[str, Any], output: tuple[int, ...], level: int | None
+    ) -> Template:
+        """The pool's template; a new one if there is none yet or it died.
+
+        A new one prints and logs its load (the snap hooks) into *output*, the
+        pipes of the container whose start made it (see ``_output.lend``).
+        """
+        template = self.template
+        if template is None or not template.usable():
+            if template is not None:
+                logger.warning(
+                    "lifepool pool %r: its template process (pid %s) is gone; starting a new one",
+                    options["pool_name"],
+                    template.pid,
+                )
+                self._old.append(template)
+            template = self.template = Template(target_blob, _template_options(options, level), output)
+        return template
+
+    def close(self) -> None:
+        for template in [*self._old, *([self.template] if self.template is not None else [])]:
+            template.close()
+        self._old.clear()
+        self.template = None
+        super().close()  # (the output forwarder: what the containers left in their pipes)
+
+
+def _template_options(options: dict[str, Any], level: int | None) -> dict[str, Any]:
+    environment = options.get("environment")
+    if environment is not None and environment["env"] is not None:
+        envs = environment["env"]
+        # The module is imported once, in the template: only an env= shared by every container applies there.
+        shared = envs[0] if all(env == envs[0] for env in envs) else None
+        environment = {**environment, "env": None if shared is None else [shared]}
+    return {**options, "environment": environment, "output_level": level}
+
+
+# -- the template's side ---------------------------------------------------
+
+
+class Snapshot:
+    """What the template made once: the instance containers serve, or why it could not make it."""
+
+    def __init__(self) -> None:
+        self.target: Any = None  # the unpickled target (a class, or an instance)
+        self.instance: Any = None
+        self.error: BaseException | None = None  # raised while loading or in a snap hook
+        self.threads_warning: str | None = None  # set: fork is unsafe, containers are exec'd
+
+
+def serve(control: Any, target_blob: bytes, options: dict[str, Any], output: list[int] | None = None) -> None:
+    """The template program (forked by the zygote): load once, then fork on request.
+
+    *output*: with ``forward_output``, the write ends of the pipes of the
+    container whose start made this template: the load prints into them.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _worker._ignore_signal)
+        signal.siginterrupt(signum, False)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _worker._set_process_name(options["pool_name"], "t")
+    _worker.share_authkey(options.get("authkey"))
+    sock = socket.socket(fileno=control.fileno())
+    if output:
+        from . import _output
+
+        ends = (*(_launch.ChildEnd(fd) for fd in output), options["output_level"])
+        give_back = _output.lend(ends)
+        try:
+            snapshot = _load(target_blob, options)
+        finally:
+            give_back()
+    else:
+        snapshot = _load(target_blob, options)
+    if snapshot.threads_warning is not None:
+        sock.send(pickle.dumps(("warn", None, snapshot.threads_warning)))
+    children: dict[int, Any] = {}  # pid -> an ExecProcess (exec'd containers), or None (forked)
+    while True:
+        try:
+            data, fds, _flags, _address = socket.recv_fds(sock, 65536, 7)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            os._exit(0)  # the parent is gone, or closed the pool: take nothing with us
+        kind, request_id, *rest = pickle.loads(data)
+        if kind == "fork":
+            index, child_options, level = rest
+            pid = _start(sock, snapshot, target_blob, index, child_options, level, fds, children)
+            sock.send(pickle.dumps(("pid", request_id, pid)))
+        elif kind == "reap":
+            sock.send(pickle.dumps(("status", request_id, _reap(rest[0], children))))
+
+
+def _load(target_blob: bytes, options: dict[str, Any]) -> Snapshot:
+    """Import the target's module, make the instance, run the snap hooks, freeze the heap."""
+    import gc
+
+    from . import _hooks
+
+    snapshot = Snapshot()
+    _worker._apply_environment(options.get("environment"), 0)
+    try:
+        _worker._state.loading_target = True
+        try:
+            snapshot.target = target = _wire.loads(target_blob)
+        finally:
+            _worker._state.loading_target = False
+        cls = target if isinstance(target, type) else type(target)
+        info = _hooks.inspect_class(cls)
+        instance = cls() if isinstance(target, type) else target
+        for name in info.snap_hooks:
+            result = getattr(instance, name)()
+            if _hooks.is_async(getattr(cls, name)):
+                import asyncio
+
+                asyncio.run(result)
+        snapshot.instance = instance
+    except BaseException as error:  # noqa: BLE001 - each container reports it as its enter failure
+        snapshot.error = error
+        return snapshot
+    threads = threading.active_count()
+    if threads > 1:
+        snapshot.threads_warning = (
+            f"lifepool pool {options['pool_name']!r}: the template process has {threads} "
+            "threads after its @lifepool.enter(snap=True) hooks, so forking containers from it is unsafe; each "
+            "container is started as a fresh interpreter and runs the snap hooks itself (no memory is shared). "
+            "To share it, start no threads in snap hooks (load the model there, start thread pools, CUDA or "
+            "clients in an ordinary @lifepool.enter() hook), or set e.g. OMP_NUM_THREADS=1 while loading"
+        )
+        snapshot.instance = None
+    gc.freeze()  # what the snapshot made is never touched by the collector: its pages stay shared
+    return snapshot
+
+
+def _start(
+    sock: socket.socket,
+    snapshot: Snapshot,
+    target_blob: bytes,
+    index: int,
+    options: dict[str, Any],
+    level: int | None,
+    fds: list[int],
+    children: dict[int, Any],
+) -> int | None:
+    """Start container *index* on the descriptors the parent sent; return its pid (None: it could not).
+
+    The descriptors: the container's socket end, its sentinel pipe's write
+    end, the parent's stdout and stderr, and with ``forward_output`` (*level*
+    not None) the write ends of its three output pipes, which the child
+    redirects onto (``_worker.main`` -> ``_output.redirect``).
+    """
+    if len(fds) != (4 if level is None else 7):
+        for fd in fds:
+            os.close(fd)
+        return None
+    conn_fd, sentinel_fd, stdout, stderr, *pipes = fds
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    options = {**options, "template_child": True, "sentinel": _launch.ChildEnd(sentinel_fd)}
+    output = None if level is None else (*(_launch.ChildEnd(fd) for fd in pipes), level)
+    try:
+        if snapshot.threads_warning is not None:
+            process = _launch.ExecProcess(
+                _worker.main,
+                (_launch.ChildEnd(conn_fd), index, target_blob, options, output),
+                name="lifepool-container",
+            )
+            saved = os.dup(1), os.dup(2)
+            try:
+                os.dup2(stdout, 1)
+                os.dup2(stderr, 2)
+                process.start()
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
+            started: int = process.pid  # type: ignore[assignment]  # (set: it started)
+            children[started] = process
+            return started
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()  # (this copy: the template's end stays the template's alone)
+                os.dup2(stdout, 1)
+                os.dup2(stderr, 2)
+                os.close(stdout)
+                os.close(stderr)
+                _worker.main(_launch.ChildEnd(conn_fd), index, None, options, output, snapshot=snapshot)
+            finally:
+                os._exit(1)
+        children[pid] = None
+        return pid
+    except OSError:
+        return None
+    finally:
+        # The container holds these now; the template never keeps a copy.
+        for fd in fds:
+            os.close(fd)
+
+
+def _reap(pid: int, children: dict[int, Any]) -> int | None:
+    if pid not in children:
+        return None
+    process = children.pop(pid)
+    if process is not None:
+        process.join()
+        code: int | None = process.exitcode
+        process.close()
+        return code
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
