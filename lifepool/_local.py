@@ -43,7 +43,7 @@ class LocalTransport(Transport):
         self.recv = self.reader.recv  # type: ignore[method-assign]  # (the fast path calls it once per call)
         if output is not None:
             output.pid = self.pid
-            self.recv = _output.receiving(self.reader.recv, self.reader.ready, output)  # drains output before results
+            self.recv = _output.receiving(self.reader.recv, self.reader.ready, output)  # type: ignore[method-assign]
 
     def send(self, frames: list[bytes]) -> None:
         if len(frames) == 1:
@@ -164,7 +164,7 @@ class LocalBackend(Backend):
             for end in write_ends:
                 end.close()  # (only the container holds them now: EOF when it and its children are gone)
         output = None
-        if output_options is not None:
+        if output_options is not None and self._forwarder is not None:
             output = _output.ContainerOutput(
                 self._forwarder, read_ends, output_options.prefix(index, process.pid), index
             )

@@ -358,14 +358,19 @@ class Forwarder:
 
 
 def receiving(recv: Callable[[], Any], ready: Callable[[], bool], output: ContainerOutput) -> Callable[[], Any]:
-    """*recv* that drains *output* before handing on a RESULT or ITEM frame, once per read of the socket.
+    """*recv* that drains *output* before handing on a RESULT, ITEM, READY or EXITED frame, once per read.
 
     A container writes a frame's output to its pipes before it sends the
     frame, so one drain after a read of the socket covers every frame that
     read brought: a burst of pipelined results costs one ``poll(0)``, not one
     per result. *ready* says whether the next frame is already read ahead.
     """
-    from ._wire import ITEM, RESULT
+    from ._wire import ENTER_FAILED, EXITED, ITEM, READY, RESULT
+
+    # Frames after which what the container printed must be out: a call's
+    # answer or item, and the ends of its enter and exit hooks (so that a
+    # pool's status() showing a container READY comes after its enter's lines).
+    after_output = frozenset((RESULT, ITEM, READY, ENTER_FAILED, EXITED))
 
     drain = output.drain
     owed = [False]  # a read happened since the last drain
@@ -376,7 +381,7 @@ def receiving(recv: Callable[[], Any], ready: Callable[[], bool], output: Contai
         data = recv()
         if owed[0]:
             tag = data[0]
-            if tag == RESULT or tag == ITEM:
+            if tag in after_output:
                 owed[0] = False
                 drain()
         return data

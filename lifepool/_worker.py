@@ -326,13 +326,13 @@ class _Worker:
         self.index = index
         self.options = options
         self.instance: Any = None
-        self.info: _hooks.ClassInfo | None = None
+        self.info: _hooks.ClassInfo  # (set by enter(), before any call is served)
         self._loop: _LoopThread | None = None
         self._send_lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: dict[int, concurrent.futures.Future[Any]] = {}  # calls on the loop or threads
         self._credits: dict[int, _Credit] = {}  # running streams
-        self._stash: collections.deque[bytes] = collections.deque()  # frames read ahead (run_user)
+        self._stash: collections.deque[bytes | bytearray] = collections.deque()  # frames read ahead (run_user)
         self._revoked: set[int] = set()  # calls whose INTERRUPT frame was read ahead of their CALL
         self._skipped: set[int] = set()  # calls answered "interrupted" without being run
         self._stashed_calls: set[int] = set()  # CALL frames read ahead into the stash: not started
@@ -489,7 +489,7 @@ class _Worker:
                 self.run_user(getattr(self.instance, name))
         if not self.info.dunder_hooks:
             pass  # App mode (lifepool.App): only decorated hooks run, as in today's Modal
-        elif _hooks.is_async(getattr(cls, "__aenter__", None)):
+        elif _hooks.is_async(getattr(cls, "__aenter__", _no_hook)):
             self.run_user(self.instance.__aenter__)
         elif hasattr(cls, "__enter__"):
             self.run_user(self.instance.__enter__)
@@ -504,7 +504,7 @@ class _Worker:
         hooks: list[Callable[[], Any]] = [getattr(self.instance, n) for n in self.info.exit_hooks]
         if not self.info.dunder_hooks:
             pass
-        elif _hooks.is_async(getattr(cls, "__aexit__", None)):
+        elif _hooks.is_async(getattr(cls, "__aexit__", _no_hook)):
             hooks.append(lambda: self.instance.__aexit__(*exc_info))
         elif hasattr(cls, "__exit__"):
             hooks.append(lambda: self.instance.__exit__(*exc_info))
@@ -610,10 +610,10 @@ class _Worker:
 
     def _finish_concurrent(self, call_id: int, future: concurrent.futures.Future[Any]) -> None:
         self._tasks.pop(call_id, None)
+        value: Any
         if future.cancelled():
             ok, value = False, KeyboardInterrupt("interrupted by the lifepool parent (task cancelled)")
-        elif future.exception() is not None:
-            error = future.exception()
+        elif (error := future.exception()) is not None:
             ok, value = False, error.error if isinstance(error, _Escaped) else error
         else:
             ok, value = True, future.result()
@@ -973,7 +973,9 @@ def _watch_parent(conn_fd: int, parent_pid: int | None, options: dict[str, Any],
     # An idle main thread waits in a read that would end only when every copy
     # of the parent's end is closed: end it here, whoever holds a copy.
     _wire.end_reading(conn_fd)
-    signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+    main_ident = threading.main_thread().ident
+    assert main_ident is not None  # (the main thread has started: it runs this program)
+    signal.pthread_kill(main_ident, INTERRUPT_SIGNAL)
 
 
 def _set_process_name(pool_name: str, index: int | str) -> None:
@@ -1129,3 +1131,7 @@ def _leave(code: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def _no_hook() -> None:
+    """Stands for a hook a class does not define (not a coroutine function)."""

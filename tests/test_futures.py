@@ -189,16 +189,21 @@ def blocked(hookdir):
 def test_waiting_on_the_pool_in_its_own_done_callback_raises_instead_of_hanging(blocked, wait_on_the_pool):
     p, future, release = blocked
     raised = []
+    called = threading.Event()
 
     def callback(_):
         try:
             wait_on_the_pool(p)
         except RuntimeError as error:
             raised.append(error)
+        finally:
+            called.set()
 
     future.add_done_callback(callback)  # (not done yet: it runs on the dispatcher thread)
     release()
     assert future.result(timeout=60) == "released"
+    # (result() returns once the Future is set; the callbacks run after that, on their thread)
+    assert called.wait(60)
     assert len(raised) == 1 and "done callback" in str(raised[0])
     assert p.echo.spawn(2).result(timeout=60) == 2
     assert p.echo.call(3) == 3

@@ -38,3 +38,8 @@ def test_a_user_program_is_typed_through_the_api_and_its_mistakes_are_caught():
     unexpected = {number: text for number, text in errors.items() if number not in expected}
     assert not unexpected, f"mypy found errors where none were expected:\n{result.stdout}"
     assert set(errors) == expected, f"mistakes mypy did not catch: {sorted(expected - set(errors))}\n{result.stdout}"
+
+
+def test_the_package_passes_mypy_strict():
+    result = _mypy()  # (the settings: [tool.mypy] in pyproject.toml, strict, files = lifepool)
+    assert result.returncode == 0, result.stdout + result.stderr
