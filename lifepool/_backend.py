@@ -89,6 +89,28 @@ class Transport(abc.ABC):
         """In a process forked from the parent: close this copy's handles, touch nothing else."""
 
 
+class ReaderTransport(Transport):
+    """A transport whose frames arrive on a socket this process reads with a ``_wire.Reader``.
+
+    The local backend's (the container's own socket) and the Ray backend's
+    (a socketpair its bridge thread feeds) both are; the subclass sets
+    ``self.reader``, and may set ``self.recv`` to a bound method of its own
+    (the fast path calls it once per call).
+    """
+
+    reader: Any  # a _wire.Reader over the socket
+
+    def recv(self) -> bytes | bytearray:
+        frame: bytes | bytearray = self.reader.recv()
+        return frame
+
+    def ready(self) -> bool:
+        return bool(self.reader.ready())
+
+    def buffered(self) -> bool:
+        return bool(self.reader.buffered())
+
+
 class Backend(abc.ABC):
     """An engine that starts containers."""
 

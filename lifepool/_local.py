@@ -26,10 +26,10 @@ import threading
 from typing import Any
 
 from . import _launch, _output, _shm, _wire, _worker
-from ._backend import Backend, Transport
+from ._backend import Backend, ReaderTransport
 
 
-class LocalTransport(Transport):
+class LocalTransport(ReaderTransport):
     """One container process and the parent's end of its socket."""
 
     def __init__(self, process: Any, conn: Any, output: Any = None) -> None:
@@ -50,15 +50,6 @@ class LocalTransport(Transport):
             _wire.send_bytes(self.fd, frames[0])
         else:
             _wire.send_many(self.fd, frames)
-
-    def recv(self) -> bytes | bytearray:  # (replaced per instance by the reader's, see __init__)
-        return self.reader.recv()
-
-    def ready(self) -> bool:
-        return self.reader.ready()
-
-    def buffered(self) -> bool:
-        return self.reader.buffered()
 
     def poll(self) -> bool:
         return bool(self.messages.poll())

@@ -58,7 +58,7 @@ import threading
 from typing import Any
 
 from . import _wire, _worker
-from ._backend import Backend, Transport
+from ._backend import Backend, ReaderTransport
 
 logger = logging.getLogger("lifepool")
 
@@ -159,7 +159,7 @@ class _Host:
         return b"".join(parts), False, None
 
 
-class RayTransport(Transport):
+class RayTransport(ReaderTransport):
     """The driver's end of one actor-hosted container: a socketpair and a pipe fed by a bridge thread."""
 
     def __init__(self, actor: Any, started: Any, name: str) -> None:
@@ -220,15 +220,6 @@ class RayTransport(Transport):
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
             self.actor.io.remote(seq, frames, signum)
-
-    def recv(self) -> bytes | bytearray:  # (replaced per instance by the reader's, see __init__)
-        return self.reader.recv()
-
-    def ready(self) -> bool:
-        return self.reader.ready()
-
-    def buffered(self) -> bool:
-        return self.reader.buffered()
 
     def poll(self) -> bool:
         readable, _, _ = select.select([self.fd], [], [], 0)

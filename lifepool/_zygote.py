@@ -35,6 +35,7 @@ it forked outlive it only as long as their own parent (the pool's) does.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import select
@@ -138,6 +139,24 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_at_exit() -> None:
+    """At the interpreter's exit (after the pools were stopped): let the zygote go and reap it.
+
+    It would leave by itself at EOF once this process is gone; closing it
+    here reaps it too, so no zombie or open socket is left to the end.
+    """
+    global _zygote
+    zygote, _zygote = _zygote, None
+    if zygote is not None:
+        try:
+            zygote.close()
+        except OSError:
+            pass
+
+
+atexit.register(_close_at_exit)
 
 
 # -- the zygote's side -----------------------------------------------------
