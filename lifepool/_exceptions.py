@@ -117,6 +117,7 @@ class ExitHookError(LifepoolError, ExceptionGroup):
         super().__init__(message, self.exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> ExitHookError:  # type: ignore[override]
+        """An ExitHookError with the same message over *excs* (what ``ExceptionGroup.split`` uses)."""
         return ExitHookError(self.message, excs)
 
 

@@ -340,6 +340,7 @@ class RayBackend(Backend):
             logger.info("lifepool: %s Ray %s", "started" if self._started_ray else "connected to", address or "")
 
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> RayTransport:
+        """Create container *index*'s actor, which starts the container process on its node."""
         actor_options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
@@ -354,6 +355,7 @@ class RayBackend(Backend):
         return RayTransport(actor, started, f"{options['pool_name']}-{index}")
 
     def close(self) -> None:
+        """A pool that used this backend has ended: shut Ray down with the last one, if this backend started it."""
         with self._lock:
             self._users -= 1
             if self._users <= 0 and self._started_ray:

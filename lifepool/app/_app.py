@@ -205,6 +205,7 @@ class Stub(App):
     _dunder_hooks = True
 
     def function(self, _func: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``@stub.function`` (with or without options) on a function, or on a method of a class (2023 spelling)."""
         options = self._options("stub.function", kwargs)
 
         def decorate(func: Any) -> StubFunction:
@@ -213,6 +214,7 @@ class Stub(App):
         return decorate if _func is None else decorate(_func)
 
     def local_entrypoint(self, _func: Any = None, *, name: str | None = None) -> Any:
+        """``@stub.local_entrypoint`` (with or without parentheses): the program's main, run by ``lifepool run``."""
         decorate = self._entrypoint(name)
         return decorate if _func is None else decorate(_func)
 

@@ -180,6 +180,7 @@ class FunctionCall:
         return f"<FunctionCall {self.object_id}, {len(self._futures)} input(s)>"
 
     def num_inputs(self) -> int:
+        """How many inputs this call stands for (more than one for ``spawn_map``)."""
         return len(self._futures)
 
     def _future(self, index: int) -> concurrent.futures.Future[Any]:
@@ -191,6 +192,7 @@ class FunctionCall:
         return outcome(self._future(index), timeout)
 
     def iter(self, *, start: int = 0, end: int | None = None) -> Iterator[Any]:
+        """The results of inputs *start* to *end*, in order, each as soon as it is there."""
         for index in range(start, len(self._futures) if end is None else end):
             yield self.get(index=index)
 

@@ -27,6 +27,7 @@ class Secret:
         self.name = name
 
     def env(self) -> dict[str, str | None]:
+        """The variables this secret sets in each container (``None``: unset there)."""
         return dict(self._env)
 
     def __repr__(self) -> str:
@@ -131,6 +132,9 @@ class Image:
     def _base(name: str) -> Any:
         def make(*args: Any, **kwargs: Any) -> Image:
             return Image((name,))
+
+        make.__name__ = name
+        make.__doc__ = f"Modal's ``Image.{name}(...)``: accepted, builds nothing (local code runs in this environment)."
 
         return staticmethod(make)
 
