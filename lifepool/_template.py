@@ -79,6 +79,7 @@ import pickle
 import select
 import signal
 import socket
+import sys
 import threading
 import weakref
 
@@ -110,13 +111,27 @@ class Template:
         from . import _zygote
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        context = _zygote.current_context()
+        modules = modules_named(target_blob)
+        self.warm_key = None if not modules else _zygote.warm_key(modules, options.get("environment"), context)
         try:
-            pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options, output)
-            if pid is None:  # (the zygote died: once more with a new one)
-                pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, options, output)
+            pid = None
+            warm = None if self.warm_key is None else _zygote.find_warm(self.warm_key)
+            if warm is not None:
+                # Forked from the process that has the target's modules imported: no import here.
+                pid = warm.spawn_template(theirs.fileno(), target_blob, options, output, context)
+                if pid is None:
+                    _zygote.forget_warm(self.warm_key)  # type: ignore[arg-type]  # (set: warm came from it)
+            if pid is None:
+                # From the zygote; the template imports the modules and forks a module-warm process for later pools.
+                from_zygote = options if not modules else {**options, "warm": modules}
+                pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, from_zygote, output, context)
+                if pid is None:  # (the zygote died: once more with a new one)
+                    pid = _zygote.get().spawn_template(theirs.fileno(), target_blob, from_zygote, output, context)
             if pid is None:
                 raise OSError("lifepool could not start a template process (its zygote died)")
-            # The zygote reaps it only when a later request comes, which waits for our lock: still this one.
+            # Its parent (the zygote, or a module-warm process) reaps it only when a later
+            # request comes, which waits for our lock: still this one.
             self.pidfd = os.pidfd_open(pid)
         except BaseException:
             ours.close()
@@ -156,18 +171,37 @@ class Template:
                 if self.broken or not select.select([self.sock], [], [], timeout)[0]:
                     return False, None
                 try:
-                    data = self.sock.recv(65536)
+                    data, fds, _flags, _address = socket.recv_fds(self.sock, 65536, 2)
                 except OSError:
-                    data = b""
+                    data, fds = b"", []
                 if not data:
+                    for fd in fds:
+                        os.close(fd)
                     self.broken = True
                     return False, None
                 kind, answered, value = pickle.loads(data)
                 if kind == "warn":
                     logger.warning("%s", value)
+                elif kind == "warm":
+                    self._take_warm(value, fds)
                 else:
                     self._replies[answered] = value
             return True, self._replies.pop(request_id)
+
+    def _take_warm(self, value: tuple[int, bytes], fds: list[int]) -> None:
+        """The template forked a module-warm process: offer it to the parent's cache (see ``_zygote.Warm``)."""
+        import zlib
+
+        from . import _zygote
+
+        if len(fds) != 2 or self.warm_key is None:
+            for fd in fds:
+                os.close(fd)
+            return
+        sock_fd, pidfd = fds
+        pid, listing = value
+        files = pickle.loads(zlib.decompress(listing))
+        _zygote.offer(self.warm_key, _zygote.Warm(sock_fd, pidfd, pid, files))
 
     def kill(self) -> None:
         self.broken = True
@@ -185,6 +219,58 @@ class Template:
             os.close(self.pidfd)
             self.pidfd = -1
         _live.discard(self)
+
+
+def modules_named(blob: bytes, limit: int = 20_000) -> tuple[str, ...]:
+    """The modules that unpickling *blob* imports, in order of first use (empty: none, or not known).
+
+    Read from the pickle's opcodes without running it: the module of every
+    ``GLOBAL``/``STACK_GLOBAL`` (a class or function pickled by reference),
+    and the names cloudpickle's ``subimport`` imports (modules that code
+    shipped by value refers to). ``__main__`` is never one: what a script
+    defines travels by value. A pickle of more than *limit* opcodes is not
+    read (an instance holding much data): such a target gets no module-warm
+    process.
+    """
+    import pickletools
+
+    modules: dict[str, None] = {}
+    pushed: list[str | None] = []  # what each opcode pushed, if a string (memo stores included)
+    memo: dict[int, str | None] = {}
+    subimport = False
+    try:
+        for count, (op, argument, _position) in enumerate(pickletools.genops(blob)):
+            arg: Any = argument
+            if count > limit:
+                return ()
+            name = op.name
+            value: str | None = None
+            if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+                continue
+            if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                value = arg
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                value = memo.get(arg)
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                if name == "GLOBAL":
+                    module, _, qualname = arg.partition(" ")
+                elif len(pushed) >= 2 and isinstance(pushed[-2], str) and isinstance(pushed[-1], str):
+                    module, qualname = str(pushed[-2]), str(pushed[-1])
+                else:
+                    return ()  # (not a pickle this reader follows: no warm process, nothing wrong)
+                if not module.startswith(("__main__", "__mp_main__")):
+                    modules[module] = None
+                subimport = qualname == "subimport" and module.startswith("cloudpickle")
+                pushed.append(None)
+                continue
+            if subimport and value is not None:
+                modules[value] = None
+            subimport = False
+            pushed.append(value)
+    except Exception:  # noqa: BLE001 - an _shm message or anything unexpected: no warm process
+        return ()
+    return tuple(modules)
 
 
 @contextlib.contextmanager
@@ -479,11 +565,11 @@ def serve(control: Any, target_blob: bytes, options: dict[str, Any], output: lis
         ends = (*(_launch.ChildEnd(fd) for fd in output), options["output_level"])
         give_back = _output.lend(ends)
         try:
-            snapshot = _load(target_blob, options)
+            snapshot = _load(sock, target_blob, options, give_back)
         finally:
             give_back()
     else:
-        snapshot = _load(target_blob, options)
+        snapshot = _load(sock, target_blob, options, None)
     if snapshot.threads_warning is not None:
         sock.send(pickle.dumps(("warn", None, snapshot.threads_warning)))
     children: dict[int, Any] = {}  # pid -> an ExecProcess (exec'd containers), or None (forked)
@@ -494,6 +580,8 @@ def serve(control: Any, target_blob: bytes, options: dict[str, Any], output: lis
             data, fds = b"", []
         if not data:
             os._exit(0)  # the parent is gone, or closed the pool: take nothing with us
+        if _warm_children:
+            _reap_warm()
         kind, request_id, *rest = pickle.loads(data)
         if kind == "fork":
             index, child_options, level = rest
@@ -503,14 +591,21 @@ def serve(control: Any, target_blob: bytes, options: dict[str, Any], output: lis
             sock.send(pickle.dumps(("status", request_id, _reap(rest[0], children))))
 
 
-def _load(target_blob: bytes, options: dict[str, Any]) -> Snapshot:
-    """Import the target's module, make the instance, run the snap hooks, freeze the heap."""
+def _load(sock: socket.socket, target_blob: bytes, options: dict[str, Any], give_back: Any) -> Snapshot:
+    """Import the target's module, make the instance, run the snap hooks, freeze the heap.
+
+    With ``options["warm"]`` (the modules the target's pickle names), those
+    are imported first and a module-warm process is forked off before the
+    target is unpickled (``_make_warm``).
+    """
     import gc
 
     from . import _hooks
 
     snapshot = Snapshot()
     _worker._apply_environment(options.get("environment"), 0)
+    if options.get("warm"):
+        _make_warm(sock, options["warm"], give_back)
     try:
         _worker._state.loading_target = True
         try:
@@ -542,6 +637,93 @@ def _load(target_blob: bytes, options: dict[str, Any]) -> Snapshot:
         snapshot.instance = None
     gc.freeze()  # what the snapshot made is never touched by the collector: its pages stay shared
     return snapshot
+
+
+_warm_children: list[int] = []  # module-warm processes this template forked (reaped once they leave)
+
+
+def _make_warm(sock: socket.socket, modules: tuple[str, ...], give_back: Any) -> None:
+    """Import *modules*, then fork a module-warm process and hand it to the parent (see ``_zygote.Warm``).
+
+    It is forked before the target is unpickled, so it holds the zygote's
+    state, the parent's context and the pool's env=/cwd= (its cache key) and
+    these imports: no instance, no snap state, no descriptor of a container
+    (the lent output pipes are given back in it at once). The parent gets
+    its socket's other end, a pidfd, its pid and the list of the module
+    files it imported, in one message. Nothing is forked if an
+    import fails (the unpickling raises it again, as the pool's enter
+    failure) or leaves a thread running.
+    """
+    import importlib
+
+    before = set(sys.modules)
+    _worker._state.loading_target = True
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except BaseException:  # noqa: BLE001 - raised again, and reported, when the target is unpickled
+        return
+    finally:
+        _worker._state.loading_target = False
+    if threading.active_count() > 1:
+        return
+    files = []
+    for name in set(sys.modules) - before:
+        path = getattr(sys.modules[name], "__file__", None)
+        if isinstance(path, str):
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            files.append((path, info.st_mtime_ns, info.st_size))
+    import zlib
+
+    # (one datagram, read into 64 KiB: the paths compress well; a bigger list gets no warm process)
+    listing = zlib.compress(pickle.dumps(files, pickle.HIGHEST_PROTOCOL))
+    if len(listing) > 60_000:
+        return
+    parent_end, warm_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        parent_end.close()
+        warm_end.close()
+        return
+    if pid == 0:
+        try:
+            sock.close()
+            parent_end.close()
+            if give_back is not None:
+                give_back()  # (the pipes of the container whose start made the template: not ours to hold)
+            from . import _zygote
+
+            _worker._set_process_name("warm", 0)
+            _zygote.serve_requests(warm_end)
+        finally:
+            os._exit(1)
+    warm_end.close()
+    _warm_children.append(pid)
+    try:
+        pidfd = os.pidfd_open(pid)  # (our child, not reaped: this is it)
+        try:
+            message = pickle.dumps(("warm", None, (pid, listing)))
+            socket.send_fds(sock, [message], [parent_end.fileno(), pidfd])
+        finally:
+            os.close(pidfd)
+    except OSError:
+        pass  # (the parent is gone, or refused it: the warm process sees EOF and leaves)
+    finally:
+        parent_end.close()
+
+
+def _reap_warm() -> None:
+    for pid in list(_warm_children):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _warm_children.remove(pid)
 
 
 def _start(

@@ -20,6 +20,32 @@ def markers(directory: pathlib.Path, event: str) -> dict[int, str]:
     return found
 
 
+def process_fds() -> set[str]:
+    """This process's descriptors, less those of what lives for the process, not for a pool.
+
+    That is the template start method's zygote (its socket and sentinel) and
+    the module-warm processes it keeps for later pools (a socket and a pidfd
+    each; bounded, see ``lifepool/_zygote.py``).
+    """
+    from lifepool import _zygote
+
+    kept = set()
+    zygote = _zygote._zygote
+    if zygote is not None:
+        kept |= {zygote.sock.fileno(), zygote.process.sentinel}
+    for warm in _zygote._warm.values():
+        kept |= {warm.sock.fileno(), warm.pidfd}
+    return set(os.listdir("/proc/self/fd")) - {str(fd) for fd in kept}
+
+
+def stop_child(child) -> None:
+    """Kill a test's subprocess (a script making pools) if it still runs, reap it, close its stdout."""
+    if child.poll() is None:
+        child.kill()
+        child.wait(timeout=30)
+    child.stdout.close()
+
+
 def is_alive(pid: int) -> bool:
     """True while *pid* runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:

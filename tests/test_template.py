@@ -14,7 +14,7 @@ import pytest
 
 import lifepool
 from lifepool import _template
-from tests.conftest import assert_gone, is_alive, markers
+from tests.conftest import assert_gone, is_alive, markers, stop_child
 from tests.targets import wait_for_path
 from tests.template_targets import Cwd, FailingSnap, Snapped, ThreadedSnap, rollup
 
@@ -170,8 +170,5 @@ def test_parent_sigkill_leaves_no_zygote_no_template_and_no_container(tmp_path):
         child.kill()
         child.wait(timeout=30)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=30)
-        child.stdout.close()
+        stop_child(child)
     assert_gone(pids, timeout=15)
