@@ -48,13 +48,16 @@ Ray is imported only here, and this module only when ``backend="ray"`` or
 
 from __future__ import annotations
 
-import collections
+import concurrent.futures
 import logging
 import os
+import queue
 import select
 import signal
 import socket
+import struct
 import threading
+import time
 from typing import Any
 
 from . import _wire, _worker
@@ -72,21 +75,38 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 _POLL_SECONDS = 10.0  # a long poll returns at least this often (an idle container costs one call per period)
 _BATCH_BYTES = 8 << 20  # a poll returns at most about this much (the rest comes with the next one)
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
+_REPLY_WAIT = 0.05  # seconds an io call waits for the container's reply (a slower one comes with a poll)
+_REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
+_IO = struct.Struct("<Qid")  # an io call's head: its seq, a signal to send after its frames (0: none), the wait
+_OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in the container's stream
 
 
 _UNKNOWN = object()
+STATS = {"io": 0, "poll": 0}
 
 
 class _Host:
-    """The Ray actor: parent of one container process, relaying bytes between it and the driver."""
+    """The Ray actor: parent of one container process, relaying bytes between it and the driver.
+
+    Two readers share the container's socket, one at a time (``_reading``):
+    an ``io`` call that asked to wait for the reply, and the long ``poll``,
+    which steps aside while such a waiter is waiting. Every chunk read is
+    returned with its offset in the container's byte stream, so the driver
+    puts the chunks back in order whichever reply Ray delivers first.
+    """
 
     def __init__(self) -> None:
         self._started = threading.Event()
         self._transport: Any = None
         self._error: BaseException | None = None
+        self._writing = threading.Lock()  # sends apply in seq order, one at a time
         self._next_seq = 0
-        self._held: dict[int, tuple[list[bytes], int]] = {}
+        self._held: dict[int, tuple[memoryview, int]] = {}
+        self._reading = threading.Condition()  # the socket's one reader at a time; the waiter flag
+        self._waiter = False  # an io call is waiting for its reply: poll steps aside
+        self._offset = 0  # bytes read from the container so far
         self._eof = False
+        self._shut = False  # end_reading done (its sentinel fired)
         self._code: Any = _UNKNOWN  # its exit status once reaped
 
     def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> int:
@@ -114,53 +134,107 @@ class _Host:
             raise RuntimeError(f"the container did not start: {self._error!r}")
         return self._transport
 
-    def io(self, seq: int, frames: list[bytes], signum: int) -> None:
-        """Write *frames* to the container, then send it *signum* (0: none), in *seq* order."""
+    def io(self, blob: bytes) -> bytes:
+        """Apply one send: ``_IO`` (seq, signal, wait) then the frames' bytes, in seq order.
+
+        Writes the frames to the container, then sends it the signal (0:
+        none). With wait > 0 and no other io call waiting, waits up to that
+        many seconds for the container to write, and returns what it wrote
+        (its stream offset, ``_OFFSET``, then the bytes; ``b""`` for
+        nothing): a sequential call's result comes back in this reply, one
+        Ray round trip, instead of through the next poll. (One bytes
+        argument and a bytes result: Ray serializes those fastest.)
+        """
         transport = self._ready()
-        self._held[seq] = (frames, signum)
-        while self._next_seq in self._held:
-            frames, signum = self._held.pop(self._next_seq)
-            self._next_seq += 1
-            try:
-                if frames:
-                    transport.send(frames)
-                if signum:
-                    transport.interrupt() if signum == _worker.INTERRUPT_SIGNAL else transport._signal(signum)
-            except OSError:
-                pass  # it is dying: the poll reports its end
+        seq, signum, wait = _IO.unpack_from(blob)
+        waiting = False
+        if wait > 0:
+            with self._reading:
+                if not self._waiter and not self._eof:
+                    self._waiter = waiting = True  # (before the write: the reply is this call's to read)
+        try:
+            self._write(transport, seq, memoryview(blob)[_IO.size :], signum)
+            if not waiting:
+                return b""
+            readable, _, _ = select.select([transport.fd, transport.sentinel], [], [], wait)
+            if not readable:
+                return b""
+            with self._reading:
+                offset, data = self._take(transport.fd, _REPLY_BYTES)
+            return _OFFSET.pack(offset) + data if data else b""
+        finally:
+            if waiting:
+                with self._reading:
+                    self._waiter = False
+                    self._reading.notify_all()
+
+    def _write(self, transport: Any, seq: int, data: memoryview, signum: int) -> None:
+        with self._writing:
+            self._held[seq] = (data, signum)
+            while self._next_seq in self._held:
+                data, signum = self._held.pop(self._next_seq)
+                self._next_seq += 1
+                try:
+                    if data:
+                        _wire.write_stream(transport.fd, data)
+                    if signum:
+                        transport.interrupt() if signum == _worker.INTERRUPT_SIGNAL else transport._signal(signum)
+                except OSError:
+                    pass  # it is dying: the poll reports its end
+
+    def _take(self, fd: int, limit: int) -> tuple[int, bytes]:
+        """Read what is there without blocking (holding ``_reading``): ``(its offset, the bytes)``."""
+        parts: list[bytes] = []
+        size = 0
+        while size < limit and not self._eof and select.select([fd], [], [], 0)[0]:
+            data = os.read(fd, 1 << 20)
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            size += len(data)
+        start, self._offset = self._offset, self._offset + size
+        return start, b"".join(parts)
 
     def kill_child(self) -> None:
         if self._transport is not None:
             self._transport.kill()
 
-    def poll(self, timeout: float) -> tuple[bytes, bool, int | None]:
-        """``(bytes the container wrote, whether it has ended, its exit status)``, waiting up to *timeout*."""
+    def poll(self, timeout: float) -> tuple[int, bytes, bool, int | None]:
+        """``(offset, bytes the container wrote, whether it has ended, its exit status)``, waiting up to *timeout*."""
         transport = self._ready()
         fd, sentinel = transport.fd, transport.sentinel
-        parts: list[bytes] = []
-        size = 0
-        if not self._eof:
-            readable, _, _ = select.select([fd, sentinel], [], [], timeout)
-            if sentinel in readable:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._reading:
+                while self._waiter and self._reading.wait(max(deadline - time.monotonic(), 0)):
+                    pass
+                if not self._waiter:
+                    start, data = self._take(fd, _BATCH_BYTES)
+                    if data:
+                        return start, data, False, None
+                    if self._eof:
+                        if self._code is _UNKNOWN:
+                            self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
+                        return self._offset, b"", True, self._code
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._offset, b"", False, None
+            readable, _, _ = select.select([fd, sentinel], [], [], remaining)
+            if sentinel in readable and not self._shut:
+                self._shut = True
                 _wire.end_reading(fd)  # (what it wrote, then EOF, whoever else holds a copy)
-            while readable and size < _BATCH_BYTES:
-                if fd in readable or sentinel in readable:
-                    data = os.read(fd, 1 << 20)
-                    if not data:
-                        self._eof = True
-                        break
-                    parts.append(data)
-                    size += len(data)
-                readable, _, _ = select.select([fd], [], [], 0)
-        if self._eof and size == 0:
-            if self._code is _UNKNOWN:
-                self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
-            return b"", True, self._code
-        return b"".join(parts), False, None
 
 
 class RayTransport(ReaderTransport):
-    """The driver's end of one actor-hosted container: a socketpair and a pipe fed by a bridge thread."""
+    """The driver's end of one actor-hosted container: a socketpair and a pipe fed by a bridge thread.
+
+    The actor's replies (to polls, and to io calls that waited) arrive on
+    Ray's threads as futures' callbacks. Their bytes go into the socketpair
+    in stream order: an io reply that is next in order is written there at
+    once if that cannot block; anything else is queued for the bridge
+    thread, so no Ray thread ever blocks on a full socket.
+    """
 
     def __init__(self, actor: Any, started: Any, name: str) -> None:
         self.actor = actor
@@ -177,24 +251,81 @@ class RayTransport(ReaderTransport):
         self._seq = 0
         self._lock = threading.Lock()
         self._gone = False
+        self._replies: queue.SimpleQueue[tuple[str, concurrent.futures.Future[Any]]] = queue.SimpleQueue()
+        self._delivering = threading.Lock()  # the socketpair's writer, and the two below
+        self._early: dict[int, memoryview] = {}  # bytes that arrived before the bytes in front of them
+        self._written = 0  # bytes of the container's stream written into the socketpair
         self._bridge = threading.Thread(target=self._relay, name=f"lifepool-ray-{name}", daemon=True)
         self._bridge.start()
 
+    def _expect(self, kind: str, ref: Any) -> None:
+        """Have *ref*'s outcome delivered once Ray has it (on a Ray thread, which must never block)."""
+        ref.future().add_done_callback(lambda future: self._arrived(kind, future))
+
+    def _arrived(self, kind: str, future: concurrent.futures.Future[Any]) -> None:
+        """On Ray's thread: an io reply in stream order goes straight into the socketpair if that does
+        not block (one thread hop less for a sequential call); everything else goes to the bridge."""
+        if kind == "io" and future.exception() is None and self._delivering.acquire(blocking=False):
+            try:
+                self._store(future.result())
+                if self._flush(block=False):
+                    return
+                kind = "flush"  # (the socket is full: the bridge writes the rest)
+            except OSError:
+                return  # the driver's end is closed (the pool gave up on it)
+            finally:
+                self._delivering.release()
+        self._replies.put((kind, future))
+
+    def _store(self, reply: bytes) -> None:
+        """Keep an io reply's bytes (holding ``_delivering``) until the bytes in front of them are written."""
+        if reply:
+            (offset,) = _OFFSET.unpack_from(reply)
+            self._early[offset] = memoryview(reply)[_OFFSET.size :]
+
+    def _flush(self, block: bool) -> bool:
+        """Write the kept bytes that are next in the stream (holding ``_delivering``); False if that would block."""
+        while self._written in self._early:
+            chunk = self._early.pop(self._written)
+            if block:
+                self._theirs.sendall(chunk)
+                sent = len(chunk)
+            else:
+                try:
+                    sent = self._theirs.send(chunk, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+            self._written += sent
+            if sent < len(chunk):
+                self._early[self._written] = chunk[sent:]
+                return False
+        return True
+
     def _relay(self) -> None:
-        """Long-poll the actor, write what the container sent into the socketpair; at the end, the sentinel."""
+        """Write the actor's replies into the socketpair in stream order; at the end, the sentinel."""
         try:
             self.pid = ray.get(self._started)  # (before any frame: the pool learns it with ENTERED)
             # Two polls in flight: when one returns, the next already waits in
             # the actor, so a reply is never held up by a poll's submission.
-            polls = collections.deque(self.actor.poll.remote(_POLL_SECONDS) for _ in range(2))
+            for _ in range(2):
+                self._expect("poll", self.actor.poll.remote(_POLL_SECONDS))
             while True:
-                data, ended, code = ray.get(polls.popleft())
-                if data:
-                    self._theirs.sendall(data)
+                kind, future = self._replies.get()
+                ended = False
+                with self._delivering:
+                    if kind == "poll":
+                        offset, data, ended, code = future.result()
+                        if data:
+                            self._early[offset] = memoryview(data)
+                    elif kind == "io" and future.exception() is None:
+                        self._store(future.result())
+                    # (an io call that failed: the actor died, and its poll says so)
+                    self._flush(block=True)
                 if ended:
                     self.status = code
                     break
-                polls.append(self.actor.poll.remote(_POLL_SECONDS))
+                if kind == "poll":
+                    self._expect("poll", self.actor.poll.remote(_POLL_SECONDS))
         except ray.exceptions.RayActorError as error:
             logger.warning("lifepool: the Ray actor of a container died: %s", _first_line(error))
         except ray.exceptions.RayTaskError as error:
@@ -212,14 +343,16 @@ class RayTransport(ReaderTransport):
             os.write(self._sentinel_w, b"x")
 
     def send(self, frames: list[bytes]) -> None:
-        self._io(frames, 0)
+        self._io(frames, 0, _REPLY_WAIT)
 
-    def _io(self, frames: list[bytes], signum: int) -> None:
+    def _io(self, frames: list[bytes], signum: int, wait: float) -> None:
         if self._gone:
             raise BrokenPipeError("the container has gone")
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
-            self.actor.io.remote(seq, frames, signum)
+            ref = self.actor.io.remote(_IO.pack(seq, signum, wait) + _wire.stream(frames))
+        if wait:
+            self._expect("io", ref)
 
     def poll(self) -> bool:
         readable, _, _ = select.select([self.fd], [], [], 0)
@@ -227,7 +360,7 @@ class RayTransport(ReaderTransport):
 
     def interrupt(self) -> None:
         try:
-            self._io([], _worker.INTERRUPT_SIGNAL)
+            self._io([], _worker.INTERRUPT_SIGNAL, 0)
         except OSError:
             pass
 
@@ -363,12 +496,13 @@ class RayBackend(Backend):
                 ray.shutdown()
 
 
-# The actor class. Methods get their concurrency groups here: "io" has one
-# thread, so sends and signals apply in order (and seq reorders whatever Ray
-# reorders); the poll and the kill each have their own, so neither waits
-# behind a write blocked on a full socket.
+# The actor class. Methods get their concurrency groups here: "io" has two
+# threads, so one io call can wait for its reply while the next one writes
+# (writes apply one at a time, in seq order, whatever order Ray runs them
+# in); the poll and the kill each have their own, so neither waits behind a
+# write blocked on a full socket.
 # (ray's own annotations do not cover decorating methods after the class: hence the ignores)
 _Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign, assignment]
 _Host.poll = ray.method(concurrency_group="poll")(_Host.poll)  # type: ignore[method-assign, assignment]
 _Host.kill_child = ray.method(concurrency_group="ctl")(_Host.kill_child)  # type: ignore[method-assign, assignment]
-_Actor = ray.remote(concurrency_groups={"io": 1, "poll": 1, "ctl": 1})(_Host)  # type: ignore[call-overload]
+_Actor = ray.remote(concurrency_groups={"io": 2, "poll": 1, "ctl": 1})(_Host)  # type: ignore[call-overload]

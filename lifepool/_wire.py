@@ -95,6 +95,21 @@ def send_bytes(fd: int, data: bytes) -> None:
         _write_all(fd, memoryview(data).cast("B"))
 
 
+def stream(messages: list[bytes]) -> bytes:
+    """The bytes :func:`send_many` would write for *messages* (for a relay that writes them as they are)."""
+    parts: list[bytes] = []
+    for data in messages:
+        size = len(data)
+        parts.append(_LENGTH.pack(size) if size <= 0x7FFFFFFF else _LENGTH.pack(-1) + _LONG_LENGTH.pack(size))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def write_stream(fd: int, data: bytes | memoryview) -> None:
+    """Write bytes made by :func:`stream` to the blocking socket *fd*."""
+    _write_all(fd, memoryview(data).cast("B"))
+
+
 def send_many(fd: int, messages: list[bytes]) -> None:
     """Write several messages, the small ones together in one write()."""
     parts: list[bytes] = []
