@@ -156,14 +156,22 @@ class _Host:
             self._write(transport, seq, memoryview(blob)[_IO.size :], signum)
             if not waiting:
                 return b""
-            readable, _, _ = select.select([transport.fd, transport.sentinel], [], [], wait)
-            if not readable:
-                return b""
+            fd = transport.fd
+            readable, _, _ = select.select([fd, transport.sentinel], [], [], wait)
             with self._reading:
-                offset, data = self._take(transport.fd, _REPLY_BYTES)
-            return _OFFSET.pack(offset) + data if data else b""
+                waiting = self._waiter = False
+                self._reading.notify_all()
+                if fd not in readable:
+                    return b""
+                data = os.read(fd, _REPLY_BYTES)  # (no one else reads while we wait, so this does not block)
+                if not data:
+                    self._eof = True
+                    return b""
+                offset = self._offset
+                self._offset += len(data)
+            return _OFFSET.pack(offset) + data
         finally:
-            if waiting:
+            if waiting:  # (the write or the select failed)
                 with self._reading:
                     self._waiter = False
                     self._reading.notify_all()
@@ -217,9 +225,9 @@ class _Host:
                         if self._code is _UNKNOWN:
                             self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
                         return self._offset, b"", True, self._code
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self._offset, b"", False, None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._offset, b"", False, None
             readable, _, _ = select.select([fd, sentinel], [], [], remaining)
             if sentinel in readable and not self._shut:
                 self._shut = True
