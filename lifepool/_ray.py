@@ -77,6 +77,7 @@ _BATCH_BYTES = 8 << 20  # a poll returns at most about this much (the rest comes
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
 _REPLY_WAIT = 0.05  # seconds an io call waits for the container's reply (a slower one comes with a poll)
 _REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
+_STEP_ASIDE = 0.002  # seconds the poll stays off the socket after an io call's wait
 _IO = struct.Struct("<Qid")  # an io call's head: its seq, a signal to send after its frames (0: none), the wait
 _OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in the container's stream
 
@@ -104,6 +105,7 @@ class _Host:
         self._held: dict[int, tuple[memoryview, int]] = {}
         self._reading = threading.Condition()  # the socket's one reader at a time; the waiter flag
         self._waiter = False  # an io call is waiting for its reply: poll steps aside
+        self._waited = 0.0  # when the last waiter stopped waiting
         self._offset = 0  # bytes read from the container so far
         self._eof = False
         self._shut = False  # end_reading done (its sentinel fired)
@@ -160,6 +162,7 @@ class _Host:
             readable, _, _ = select.select([fd, transport.sentinel], [], [], wait)
             with self._reading:
                 waiting = self._waiter = False
+                self._waited = time.monotonic()
                 self._reading.notify_all()
                 if fd not in readable:
                     return b""
@@ -215,8 +218,14 @@ class _Host:
         deadline = time.monotonic() + timeout
         while True:
             with self._reading:
-                while self._waiter and self._reading.wait(max(deadline - time.monotonic(), 0)):
-                    pass
+                # Step aside while an io call waits, and for a moment after
+                # one (the next call's io comes soon): two readers woken by
+                # the same reply would only fight over it.
+                while self._waiter or time.monotonic() < self._waited + _STEP_ASIDE:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._reading.wait(min(left, _STEP_ASIDE))
                 if not self._waiter:
                     start, data = self._take(fd, _BATCH_BYTES)
                     if data:
