@@ -73,7 +73,9 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
     ) from error
 
 _POLL_SECONDS = 10.0  # a long poll returns at least this often (an idle container costs one call per period)
-_BATCH_BYTES = 8 << 20  # a poll returns at most about this much (the rest comes with the next one)
+_BATCH_BYTES = 64 << 20  # a poll returns at most about this much (the rest comes with the next one)
+_BULK = 64 << 10  # a poll that has read this much is relaying a big frame: it waits for more ...
+_TRICKLE = 0.005  # ... up to this many seconds at a time
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
 _REPLY_WAIT = 0.05  # seconds an io call waits for the container's reply (a slower one comes with a poll)
 _REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
@@ -194,16 +196,24 @@ class _Host:
                     pass  # it is dying: the poll reports its end
 
     def _take(self, fd: int, limit: int) -> tuple[int, bytes]:
-        """Read what is there without blocking (holding ``_reading``): ``(its offset, the bytes)``."""
+        """Read what is there (holding ``_reading``): ``(its offset, the bytes)``.
+
+        Never blocks on an empty socket; once a read fills its buffer (a big
+        frame on its way), keeps reading while more comes within
+        ``_TRICKLE`` seconds, so a big result crosses in a few large replies
+        instead of one per socket buffer's worth.
+        """
         parts: list[bytes] = []
         size = 0
-        while size < limit and not self._eof and select.select([fd], [], [], 0)[0]:
+        wait = 0.0
+        while size < limit and not self._eof and select.select([fd], [], [], wait)[0]:
             data = os.read(fd, 1 << 20)
             if not data:
                 self._eof = True
                 break
             parts.append(data)
             size += len(data)
+            wait = _TRICKLE if size >= _BULK else 0.0
         start, self._offset = self._offset, self._offset + size
         return start, b"".join(parts)
 
@@ -367,7 +377,7 @@ class RayTransport(ReaderTransport):
             raise BrokenPipeError("the container has gone")
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
-            ref = self.actor.io.remote(_IO.pack(seq, signum, wait) + _wire.stream(frames))
+            ref = self.actor.io.remote(_wire.stream(frames, head=_IO.pack(seq, signum, wait)))
         if wait:
             self._expect("io", ref)
 

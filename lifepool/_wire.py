@@ -95,9 +95,9 @@ def send_bytes(fd: int, data: bytes) -> None:
         _write_all(fd, memoryview(data).cast("B"))
 
 
-def stream(messages: list[bytes]) -> bytes:
-    """The bytes :func:`send_many` would write for *messages* (for a relay that writes them as they are)."""
-    parts: list[bytes] = []
+def stream(messages: list[bytes], head: bytes = b"") -> bytes:
+    """*head*, then the bytes :func:`send_many` would write for *messages* (for a relay to write as they are)."""
+    parts: list[bytes] = [head]
     for data in messages:
         size = len(data)
         parts.append(_LENGTH.pack(size) if size <= 0x7FFFFFFF else _LENGTH.pack(-1) + _LONG_LENGTH.pack(size))
