@@ -161,3 +161,43 @@ def deadline_wait(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+@needs_ray
+def test_the_driver_writes_relayed_bytes_in_stream_order_and_never_blocks_a_ray_thread():
+    """Chunks of the container's stream arrive by two routes (io replies, polls) in any order."""
+    import socket
+    import threading
+
+    from lifepool import _ray
+
+    relay = _ray.RayTransport.__new__(_ray.RayTransport)  # (the delivery half only: no actor, no bridge)
+    relay._delivering = threading.Lock()
+    relay._early, relay._written = {}, 0
+    relay._ours, relay._theirs = socket.socketpair()
+    try:
+        relay._theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        relay._store(_ray._OFFSET.pack(3) + b"def")  # (arrived before the bytes in front of it)
+        assert relay._flush(block=False) and relay._written == 0
+        relay._store(_ray._OFFSET.pack(0) + b"abc")
+        assert relay._flush(block=False) and relay._written == 6
+        big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes without a reader
+        relay._store(_ray._OFFSET.pack(6) + big)
+        assert not relay._flush(block=False)  # would block: the rest is kept for the bridge
+        kept = relay._written
+        assert 6 < kept < 6 + len(big) and list(relay._early) == [kept]
+        got = bytearray()
+
+        def read() -> None:
+            while len(got) < 6 + len(big):
+                got.extend(relay._ours.recv(1 << 16))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        relay._flush(block=True)
+        reader.join(timeout=30)
+        assert not reader.is_alive()
+        assert bytes(got) == b"abcdef" + big and not relay._early
+    finally:
+        relay._ours.close()
+        relay._theirs.close()
