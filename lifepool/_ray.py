@@ -6,11 +6,13 @@
       actor = _Host.options(...).remote()
       actor.start.remote(index, target, opts) ─► LocalBackend(exec).start() ──────────► _worker.main (same
     RayTransport                                   (the actor is the container's          program as locally)
-      send(frames) ─ actor.io.remote(seq, ...) ─►  parent: a dead actor means exit
-                     (group "io", one thread,      hooks with ParentExitedError)
-                      reordered by seq)            writes the frames to its socket ───►
-      bridge thread: actor.poll.remote() ◄──────── bytes the container wrote, batched ◄──
-        writes them into a socketpair              (group "poll": a long poll)
+      send(frames) ─ actor.io.remote(blob) ──────►  parent: a dead actor means exit
+                     (group "io", two threads,     hooks with ParentExitedError)
+                      writes in seq order)         writes the frames to its socket ───►
+        io reply ◄──────────────────────────────── waits (50 ms) for what it writes back ◄──
+      bridge thread: actor.poll.remote() ◄──────── the rest, batched (a long poll, ◄──
+        writes chunks into a socketpair,           group "poll")
+        in stream order (by offset)
       messages = the socketpair's driver end (the dispatcher's selector and Reader, as locally)
       sentinel = a pipe the bridge writes once the container exited (code) or the actor died (None)
       interrupt() = io(seq, [], INTERRUPT_SIGNAL): after the frames sent before it, as locally
@@ -30,7 +32,11 @@ a relay of bytes: the actor never decodes a frame.
 The frame stream is relayed as raw bytes (whatever the container wrote to its
 socket, in the order written); the driver's ``Reader`` parses it exactly as it
 parses a local socket. Sends carry a sequence number and the actor applies
-them in order, whatever order Ray runs them in.
+them in order, whatever order Ray runs them in. A send waits in the actor
+for the container's answer and returns it (a sequential call is one Ray
+round trip, like a raw actor call); what comes later comes with a poll.
+Every chunk carries its offset in the stream, so the driver puts io replies
+and polls back in order.
 
 Shared memory (``_shm``) is node-local, so it is off for Ray pools on both
 ends (``Backend.shared_memory``): big arguments and results travel inside the
