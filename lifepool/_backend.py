@@ -119,6 +119,13 @@ class Backend(abc.ABC):
     # (``_shm``): only when every container runs on this machine. When False,
     # the pool encodes its calls inline and tells the containers to do the same.
     shared_memory: bool = True
+    # Seconds a container that is still starting (none of the user's code has
+    # run in it: its target is not even unpickled) may keep a closing pool
+    # waiting once nothing is left to run; then it is killed. None: wait for
+    # it, for an engine whose starts always end (a local process boots or
+    # fails). An engine that can leave a start pending for ever (Ray, for an
+    # actor no node can place) sets a bound, so a pool's close never hangs.
+    closing_start_wait: float | None = None
 
     def open(self, containers: int) -> None:  # noqa: B027 - optional: most engines need no set-up
         """A pool of up to *containers* containers will use this engine (called once per pool, before any start)."""

@@ -399,12 +399,14 @@ class RayTransport(ReaderTransport):
 
     def kill(self) -> None:
         """SIGKILL the container through its actor (no more of its code runs), then end the actor."""
-        done = self.actor.kill_child.remote()
         actor = self.actor
+        started, _ = ray.wait([self._started], timeout=0)
+        done = actor.kill_child.remote() if started else None  # (not placed yet: nothing to wait for)
 
         def finish() -> None:
             try:
-                ray.wait([done], timeout=_KILL_WAIT)
+                if done is not None:
+                    ray.wait([done], timeout=_KILL_WAIT)
             finally:
                 ray.kill(actor, no_restart=True)
 
@@ -456,6 +458,9 @@ class RayBackend(Backend):
 
     name = "ray"
     shared_memory = False  # segments in /dev/shm are node-local: frames carry everything
+    # An actor no node can place stays pending for ever (Ray's autoscaler only
+    # logs it): a closing pool with nothing to run waits this long for it.
+    closing_start_wait = 5.0
 
     def __init__(
         self,

@@ -144,6 +144,7 @@ def ray_session():
     tests = str(pathlib.Path(__file__).parent)
     ray.init(
         num_cpus=2,
+        resources={"lifepool_slot": 2},  # (a custom resource for test_ray_options: two actors' worth)
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}},

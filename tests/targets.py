@@ -58,6 +58,9 @@ class Recorder:
     def pid(self) -> int:
         return os.getpid()
 
+    def env(self, name: str) -> str | None:
+        return os.environ.get(name)
+
     def echo(self, x):
         return x
 

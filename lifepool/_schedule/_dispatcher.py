@@ -249,6 +249,7 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
                     call.sink(("error", undecodable(call, error)))
         elif tag == _wire.ENTERING:
             record.state = ContainerState.ENTERING
+            record.kills.pop("start", None)  # (it started: a closing pool lets it enter, then exit)
             # Its own pid, as the container says it: every engine's, including those that
             # learn it only once the container runs (a template's container, a Ray actor's).
             record.pid = call_id

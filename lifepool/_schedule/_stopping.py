@@ -144,6 +144,10 @@ class Stopping(Tables):
                 continue
             if (record.state in SERVING or record.state is ContainerState.RETIRING) and not record.inflight:
                 self._send_exit(record, self._exit_blob)
+            elif record.state is ContainerState.STARTING and self.backend.closing_start_wait is not None:
+                wait = self.backend.closing_start_wait
+                reason = f"it had not started {wait}s after its pool began closing with nothing to run"
+                self._arm_kill(record, "start", wait, reason)  # (disarmed when it reports ENTERING)
 
     def _fail_everything(self, error: BaseException) -> None:
         failure = LifepoolError(f"the lifepool dispatcher of pool {self.name!r} failed: {error!r}")
