@@ -95,3 +95,73 @@ def test_namespace_applies_when_the_backend_connects():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["lifepool-ns"]
+
+
+def test_losing_a_node_fails_only_its_call_and_a_replacement_enters_on_a_new_node(tmp_path):
+    """Two nodes (ray.cluster_utils.Cluster, one CPU each), one container on each; one node is removed."""
+    result = _python(
+        f"""
+        import os, pathlib, time
+        import ray
+        from ray.cluster_utils import Cluster
+        import lifepool
+
+        release = pathlib.Path({str(tmp_path)!r}) / "release"
+
+        class M:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                pass
+
+            def pid(self):
+                return os.getpid()
+
+            def wait_for_release(self, started):
+                pathlib.Path(started).touch()
+                deadline = time.monotonic() + 60
+                while not release.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                return os.getpid()
+
+        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+        second = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        pool = lifepool.LifecyclePool(M, containers=2, backend=lifepool.RayBackend(num_cpus=1))
+        # One call on each container (each actor holds its node's one CPU), both running.
+        started = [pathlib.Path({str(tmp_path)!r}) / f"started-{{i}}" for i in range(2)]
+        calls = [pool.wait_for_release.spawn(str(path)) for path in started]
+        deadline = time.monotonic() + 90
+        while not all(path.exists() for path in started):
+            assert time.monotonic() < deadline, "the calls did not start"
+            time.sleep(0.01)
+        cluster.remove_node(second)
+        cluster.add_node(num_cpus=1)  # (room for the replacement)
+        import concurrent.futures
+        done, running = concurrent.futures.wait(calls, timeout=120, return_when="FIRST_COMPLETED")
+        outcomes = ["running"] * len(running)
+        for call in done:
+            try:
+                call.result()
+                outcomes.append("finished?")
+            except lifepool.ContainerCrashedError:
+                outcomes.append("crashed")
+        print(" ".join(sorted(outcomes)))
+        release.touch()
+        assert next(iter(running)).result(timeout=60) > 0  # the other node's call went on
+        [f.result(timeout=90) for f in [pool.pid.spawn() for _ in range(8)]]
+        deadline = time.monotonic() + 90
+        while [c.state.value for c in pool.status().containers].count("ready") < 2:
+            assert time.monotonic() < deadline, pool.status()
+            time.sleep(0.05)
+        print("ready", len(pool.status().containers))
+        pool.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+        """,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.split()[:4] == ["crashed", "running", "ready", "2"]
