@@ -504,6 +504,8 @@ class RayBackend(Backend):
                     num_gpus=None if not self.num_gpus else int(-(-containers * self.num_gpus // 1)),
                     include_dashboard=False,
                 )
+                if self.resources:  # (else an actor asking for a custom resource could never be placed)
+                    kwargs["resources"] = {name: containers * amount for name, amount in self.resources.items()}
             else:
                 kwargs["address"] = address
             ray.init(**kwargs)

@@ -77,7 +77,7 @@ def test_a_container_no_node_can_hold_leaves_calls_queued_and_never_hangs_the_cl
     assert not markers(hookdir, "enter")  # no user code ran in it
 
 
-def test_namespace_applies_when_the_backend_connects():
+def test_namespace_and_resources_apply_when_the_backend_starts_ray():
     result = _python(
         """
         import ray, lifepool
@@ -86,7 +86,8 @@ def test_namespace_applies_when_the_backend_connects():
             def f(self):
                 return 1
 
-        backend = lifepool.RayBackend(num_cpus=0.5, namespace="lifepool-ns")
+        # (the Ray this backend starts also gets the custom resource its actors ask for)
+        backend = lifepool.RayBackend(num_cpus=0.5, resources={"lifepool_custom": 1}, namespace="lifepool-ns")
         with lifepool.LifecyclePool(M, containers=1, backend=backend) as pool:
             pool.f.call()
             print(ray.get_runtime_context().namespace)
