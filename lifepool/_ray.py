@@ -91,7 +91,6 @@ _OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in th
 
 
 _UNKNOWN = object()
-STATS = {"io": 0, "poll": 0}
 
 
 class _Host:
