@@ -205,7 +205,8 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         # Containers on other machines cannot map this machine's shared memory.
         self._dumps = _wire.dumps if engine.shared_memory else _wire.dumps_inline
         try:
-            target_blob = self._dumps(target)
+            # Inline: every container decodes the target, and a decoding unlinks segments.
+            target_blob = _wire.dumps_inline(target)
         except Exception as error:
             raise TypeError(f"the pool's target {target!r} cannot be pickled: {error}") from error
 

@@ -40,7 +40,10 @@ Format. Every message is a pickle, so :func:`loads` *is* :func:`pickle.loads`
   each ``(kind, where, size)``, kind ``"b"``/``"a"``/``"s"`` for
   bytes/bytearray/str. ``where`` is a segment name, or an offset into
   ``inline`` for a buffer whose segment could not be made (``/dev/shm`` full):
-  that one travels in the message. ``body`` is the real protocol-5 pickle.
+  that one travels in the message; :func:`inlined` makes a copy of a message
+  with every segment's content in ``inline`` (objects too: ``where`` is then
+  an offset), for a receiver on another machine. ``body`` is the real
+  protocol-5 pickle.
 
 Lifetime and cleanup.
 
@@ -87,6 +90,7 @@ __all__ = [
     "THRESHOLD",
     "discard",
     "dumps",
+    "inlined",
     "loads",
     "loads_keeping",
     "owner",
@@ -483,7 +487,7 @@ def _decode(meta: bytes, body: bytes, inline: bytes) -> Any:
                 buffers.append(memoryview(_map(fds[where], size, writable=True, private=not unlink)))
             else:  # it travelled in-band: a writable copy, as plain pickle gives
                 buffers.append(bytearray(memoryview(inline)[where : where + size]))
-        objects = [_read_object(kind, fds[where], size) for kind, where, size in object_entries]
+        objects = [_object(kind, where, size, fds, inline) for kind, where, size in object_entries]
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -535,6 +539,15 @@ def _map(fd: int, size: int, *, writable: bool, private: bool = False) -> mmap.m
     return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE if private else mmap.MAP_SHARED, prot=prot)
 
 
+def _object(kind: str, where: str | int, size: int, fds: dict[str, int], inline: bytes) -> Any:
+    if isinstance(where, str):
+        return _read_object(kind, fds[where], size)
+    data = memoryview(inline)[where : where + size]  # carried in the message (see inlined)
+    if kind == "s":
+        return str(data, "utf-8", "surrogatepass")
+    return bytearray(data) if kind == "a" else bytes(data)
+
+
 def _read_object(kind: str, fd: int, size: int) -> Any:
     if kind == "s":
         mapping = _map(fd, size, writable=False)
@@ -566,6 +579,46 @@ def _meta(view: memoryview) -> tuple[list[Any], list[Any]]:
     (meta_len,) = _U64.unpack_from(view, _START_LEN + 1)
     _, buffers, objects = pickle.loads(view[_START_LEN + 9 : _START_LEN + 9 + meta_len])
     return buffers, objects
+
+
+def inlined(data: bytes) -> bytes:
+    """*data* with its segments' contents carried in the message itself (for a receiver on another machine).
+
+    The segments stay (their names are the sender's to discard, as for the
+    original); the copy decodes anywhere, with or without ``/dev/shm``.
+    """
+    view = memoryview(data)
+    if view[:_START_LEN] != _MESSAGE_START:
+        return data
+    buffers, objects = _meta(view)
+    pos = _START_LEN + 9 + _U64.unpack_from(view, _START_LEN + 1)[0]  # past the meta: the body's BINBYTES8
+    (body_len,) = _U64.unpack_from(view, pos + 1)
+    body = view[pos + 9 : pos + 9 + body_len]
+    pos += 9 + body_len
+    inline: list[memoryview] = [view[pos + 9 : pos + 9 + _U64.unpack_from(view, pos + 1)[0]]]
+    inline_size = inline[0].nbytes
+    mappings: list[mmap.mmap] = []
+
+    def carry(name: str, size: int) -> int:
+        nonlocal inline_size
+        fd = os.open(_path(name), _OPEN_OLD)
+        try:
+            mappings.append(_map(fd, size, writable=False))
+        finally:
+            os.close(fd)
+        inline.append(memoryview(mappings[-1])[:size])
+        inline_size, offset = inline_size + size, inline_size
+        return offset
+
+    try:
+        buffers = [(carry(where, n) if isinstance(where, str) else where, n) for where, n in buffers]
+        objects = [(kind, carry(where, n) if isinstance(where, str) else where, n) for kind, where, n in objects]
+        return _message([body], buffers, objects, inline)
+    finally:
+        for part in inline[1:]:
+            part.release()
+        for mapping in mappings:
+            mapping.close()
 
 
 def segment_names(data: bytes | memoryview) -> list[str]:

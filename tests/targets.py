@@ -640,6 +640,7 @@ class Elastic(Recorder):
         """Return once *parties* different containers are inside this method at once (bounded)."""
         mark(self.directory, "arrived")
         deadline = time.monotonic() + timeout
+
         def arrived() -> int:
             return len([p for p in os.listdir(self.directory) if p.startswith("arrived-") and not p.endswith(".tmp")])
 
@@ -655,3 +656,13 @@ class Elastic(Recorder):
         ended = time.time()
         mark(self.directory, "call-ended", repr(ended))
         return ended
+
+
+class Holding:
+    """An instance target that carries a big buffer to every container."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def total(self):
+        return float(self.array.sum())

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 import numpy as np
 import pytest
-from targets import Fragile
+from targets import Fragile, Holding
 
 import lifepool
 from lifepool import _shm
+
+SERVING = (lifepool.ContainerState.READY, lifepool.ContainerState.BUSY)
 
 pytestmark = pytest.mark.skipif(_shm.SHM_DIR is None, reason="no /dev/shm here")
 
@@ -30,6 +33,23 @@ def test_big_arrays_and_bytes_round_trip_and_leave_no_segment(hookdir):
         assert [len(b) for b in pool.echo.map([blob] * 4)] == [len(blob)] * 4
         assert len(pool.big.call(5)) == 5 << 20
         assert leftovers() == []
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("start_method", ["template", "exec", "spawn"])
+def test_an_instance_target_holding_a_big_array_reaches_every_container(start_method):
+    # Every container decodes the target: it must not travel as segments a first decoding unlinks.
+    array = np.ones(1 << 18)
+    with lifepool.LifecyclePool(Holding(array), containers=2, start_method=start_method) as pool:
+        deadline = time.monotonic() + 60
+        while pool.status().state is lifepool.PoolState.RUNNING and time.monotonic() < deadline:
+            serving = [c for c in pool.status().containers if c.state in SERVING]
+            if len(serving) == 2:
+                break
+            time.sleep(0.01)
+        assert pool.status().state is lifepool.PoolState.RUNNING  # (not BROKEN by a failed enter)
+        assert len([c for c in pool.status().containers if c.state in SERVING]) == 2
+        assert [f.result(timeout=60) for f in [pool.total.spawn() for _ in range(4)]] == [float(1 << 18)] * 4
     assert leftovers() == []
 
 

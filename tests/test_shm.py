@@ -397,3 +397,25 @@ def test_decoding_refuses_names_outside_the_prefix():
     meta = pickle.dumps((_shm.VERSION, [("../../etc/passwd", 10)], []), 5)
     with pytest.raises(pickle.UnpicklingError, match="not a lifepool"):
         _shm._decode(meta, pickle.dumps(None, 5), b"")
+
+
+def test_inlined_carries_the_segments_in_the_message(owner):
+    # For a receiver on another machine: the copy decodes without /dev/shm; the original's segments stay.
+    obj = {"array": np.arange(MB // 4), "blob": os.urandom(2 * MB), "text": "ü" * MB, "small": [1, "x"]}
+    message = dumps(obj)
+    names = _shm.segment_names(message)
+    assert len(names) == 3
+    copy = _shm.inlined(message)
+    assert _shm.segment_names(copy) == []
+    assert len(copy) > 4 * MB
+    assert _shm.inlined(copy) == copy  # nothing left to carry
+    assert ours(owner) == sorted(names)
+    loaded = _shm.loads(copy)
+    assert ours(owner) == sorted(names)  # decoding the copy unlinks nothing
+    assert np.array_equal(loaded["array"], obj["array"]) and loaded["array"].flags.writeable
+    assert {k: loaded[k] for k in ("blob", "text", "small")} == {k: obj[k] for k in ("blob", "text", "small")}
+    assert type(loaded["blob"]) is bytes and type(loaded["text"]) is str
+    assert _shm.loads(message)["blob"] == obj["blob"]  # the original still decodes, and unlinks its names
+    assert ours(owner) == []
+    plain_message = pickle.dumps([1, 2], 5)
+    assert _shm.inlined(plain_message) is plain_message
