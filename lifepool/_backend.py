@@ -115,9 +115,10 @@ class Backend(abc.ABC):
     """An engine that starts containers."""
 
     name: str
-    # Whether big buffers may travel through this machine's shared memory
-    # (``_shm``): only when every container runs on this machine. When False,
-    # the pool encodes its calls inline and tells the containers to do the same.
+    # Whether the pool encodes big buffers into this machine's shared memory
+    # (``_shm``). When False, it encodes its calls inline and tells the
+    # containers to do the same. An engine with containers elsewhere may keep
+    # it True if its transports carry the segments' contents to those (Ray's).
     shared_memory: bool = True
     # Seconds a container that is still starting (none of the user's code has
     # run in it: its target is not even unpickled) may keep a closing pool

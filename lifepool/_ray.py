@@ -38,10 +38,16 @@ round trip, like a raw actor call); what comes later comes with a poll.
 Every chunk carries its offset in the stream, so the driver puts io replies
 and polls back in order.
 
-Shared memory (``_shm``) is node-local, so it is off for Ray pools on both
-ends (``Backend.shared_memory``): big arguments and results travel inside the
-frames, and frames over Ray's inline limit (100 KiB) travel through Ray's
-object store as task arguments and return values.
+Shared memory (``_shm``) is node-local. A container whose actor can open a
+probe file the driver made in its ``/dev/shm`` (same machine, same user)
+shares it: a big argument or result is written once into a segment and
+mapped by the other side, as locally, and only its name crosses Ray (a
+256 MB array no longer makes four copies through frames). Elsewhere the
+container encodes inline, and the driver's transport carries the segments'
+contents inside the frames it sends (``_shm.inlined``); frames over Ray's
+inline limit (100 KiB) travel through Ray's object store as task arguments
+and return values. Until the actor's start reply says which, the transport
+sends inline.
 
 Ray's own restarts (``max_restarts``) are not used: a restarted actor would
 run the enter hook behind the pool's back. A dead actor is a dead container;
@@ -58,6 +64,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import secrets
 import select
 import signal
 import socket
@@ -66,7 +73,7 @@ import threading
 import time
 from typing import Any
 
-from . import _wire, _worker
+from . import _shm, _wire, _worker
 from ._backend import Backend, ReaderTransport
 
 logger = logging.getLogger("lifepool")
@@ -118,11 +125,13 @@ class _Host:
         self._shut = False  # end_reading done (its sentinel fired)
         self._code: Any = _UNKNOWN  # its exit status once reaped
 
-    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> int:
-        """Start the container on this node (exec start method); its pid."""
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> tuple[int, bool]:
+        """Start the container on this node (exec start method): its pid, whether it shares the driver's shm."""
         from . import _launch
         from ._local import LocalBackend
 
+        shared = _can_open_probe(options.pop("shm_probe", None))
+        options = {**options, "shared_memory": shared}
         try:
             # The container inherits this thread's mask: blocked until it has its own policy (see _worker.main).
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -130,7 +139,7 @@ class _Host:
                 self._transport = LocalBackend(_launch.ExecContext()).start(index, target_blob, options)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            return int(self._transport.pid)
+            return int(self._transport.pid), shared
         except BaseException as error:
             self._error = error
             raise
@@ -272,6 +281,7 @@ class RayTransport(ReaderTransport):
         self.actor = actor
         self._started = started  # the ref of actor.start(): the container's pid
         self.pid: int | None = None  # (the container's pid is on its node; the container reports it itself)
+        self.shared_memory = False  # whether it maps this machine's /dev/shm (known once its actor has started)
         self._ours, self._theirs = socket.socketpair()
         self.messages = self._ours
         self.fd = self._ours.fileno()
@@ -336,7 +346,8 @@ class RayTransport(ReaderTransport):
     def _relay(self) -> None:
         """Write the actor's replies into the socketpair in stream order; at the end, the sentinel."""
         try:
-            self.pid = ray.get(self._started)  # (before any frame: the pool learns it with ENTERED)
+            # (Before any frame: the pool learns the pid with ENTERED, and sends calls after READY.)
+            self.pid, self.shared_memory = ray.get(self._started)
             # Two polls in flight: when one returns, the next already waits in
             # the actor, so a reply is never held up by a poll's submission.
             for _ in range(2):
@@ -375,6 +386,8 @@ class RayTransport(ReaderTransport):
             os.write(self._sentinel_w, b"x")
 
     def send(self, frames: list[bytes]) -> None:
+        if not self.shared_memory:
+            frames = [_carried(data) for data in frames]
         self._io(frames, 0, _REPLY_WAIT)
 
     def _io(self, frames: list[bytes], signum: int, wait: float) -> None:
@@ -435,6 +448,44 @@ class RayTransport(ReaderTransport):
         self._theirs.close()
 
 
+def _carried(data: bytes) -> bytes:
+    """A frame for a container without this machine's shared memory: its body's segments carried inside."""
+    head = _wire.HEADER.size
+    if len(data) > head and _wire.has_segments(memoryview(data)[head:]):
+        return data[:head] + _shm.inlined(memoryview(data)[head:])  # (the driver still discards the segments)
+    return data
+
+
+def _make_probe() -> str | None:
+    """A file in this machine's ``/dev/shm`` that only a process sharing it (and our user) can open."""
+    if _shm.SHM_DIR is None:
+        return None
+    name = f"{_shm.PREFIX}{os.getpid()}-probe-{secrets.token_hex(8)}"  # (sweep_orphans takes it if we die)
+    try:
+        os.close(os.open(os.path.join(_shm.SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return None
+    return name
+
+
+def _can_open_probe(name: str | None) -> bool:
+    if name is None or _shm.SHM_DIR is None or not name.startswith(_shm.PREFIX) or "/" in name:
+        return False
+    try:
+        os.close(os.open(os.path.join(_shm.SHM_DIR, name), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)))
+    except OSError:
+        return False
+    return True
+
+
+def _remove_probe(name: str | None) -> None:
+    if name is not None and _shm.SHM_DIR is not None:
+        try:
+            os.unlink(os.path.join(_shm.SHM_DIR, name))
+        except OSError:
+            pass
+
+
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -456,7 +507,10 @@ class RayBackend(Backend):
     """
 
     name = "ray"
-    shared_memory = False  # segments in /dev/shm are node-local: frames carry everything
+    # The pool encodes with shared memory; each transport carries the segments
+    # inside its frames for a container that cannot map them (another machine).
+    shared_memory = True
+    _share_memory = True  # (False: every container is treated as remote; tests of that path)
     # An actor no node can place stays pending for ever (Ray's autoscaler only
     # logs it): a closing pool with nothing to run waits this long for it.
     closing_start_wait = 5.0
@@ -483,6 +537,7 @@ class RayBackend(Backend):
         self.namespace = namespace
         self._users = 0
         self._started_ray = False
+        self._probe: str | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -492,6 +547,8 @@ class RayBackend(Backend):
         """A pool of up to *containers* uses this backend: connect to Ray (or start a local one) if not yet."""
         with self._lock:
             self._users += 1
+            if self._probe is None and self._share_memory:
+                self._probe = _make_probe()
             if ray.is_initialized():
                 return
             address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -523,13 +580,16 @@ class RayBackend(Backend):
         if self.runtime_env is not None:
             actor_options["runtime_env"] = self.runtime_env
         actor = _Actor.options(**actor_options).remote()
-        started = actor.start.remote(index, target_blob, options)
+        started = actor.start.remote(index, target_blob, {**options, "shm_probe": self._probe})
         return RayTransport(actor, started, f"{options['pool_name']}-{index}")
 
     def close(self) -> None:
         """A pool that used this backend has ended: shut Ray down with the last one, if this backend started it."""
         with self._lock:
             self._users -= 1
+            if self._users <= 0:
+                _remove_probe(self._probe)
+                self._probe = None
             if self._users <= 0 and self._started_ray:
                 self._started_ray = False
                 ray.shutdown()

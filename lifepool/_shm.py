@@ -581,7 +581,7 @@ def _meta(view: memoryview) -> tuple[list[Any], list[Any]]:
     return buffers, objects
 
 
-def inlined(data: bytes) -> bytes:
+def inlined(data: bytes | memoryview) -> bytes:
     """*data* with its segments' contents carried in the message itself (for a receiver on another machine).
 
     The segments stay (their names are the sender's to discard, as for the
@@ -589,7 +589,7 @@ def inlined(data: bytes) -> bytes:
     """
     view = memoryview(data)
     if view[:_START_LEN] != _MESSAGE_START:
-        return data
+        return data if isinstance(data, bytes) else bytes(data)
     buffers, objects = _meta(view)
     pos = _START_LEN + 9 + _U64.unpack_from(view, _START_LEN + 1)[0]  # past the meta: the body's BINBYTES8
     (body_len,) = _U64.unpack_from(view, pos + 1)

@@ -112,21 +112,51 @@ def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir,
     assert_gone([first, second])
 
 
-@needs_ray
-def test_big_arguments_and_results_travel_without_shared_memory(hookdir, ray_session):
-    numpy = pytest.importorskip("numpy")
-    from targets import Recorder
+def _lifepool_segments() -> set[str]:
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if name.startswith("lifepool-")}
 
-    array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)  # 3 MiB: locally, it would go through /dev/shm
-    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    with lifepool.LifecyclePool(Recorder(hookdir), containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
-        body = pool._dumps(((), (array,), {}))
-        assert not lifepool._wire.has_segments(body)  # encoded inline on the driver
+
+@needs_ray
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_big_arrays_cross_to_a_container_on_this_machine_through_shared_memory(ray_session):
+    numpy = pytest.importorskip("numpy")
+    from targets import Buffers, on_shared_memory
+
+    array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)  # 3 MiB
+    before = _lifepool_segments()
+    with lifepool.LifecyclePool(Buffers, containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+        assert pool.mapped.call(array) is True  # mapped in the container, not copied out of a frame
         out = pool.echo.call(array)
-        assert isinstance(out, numpy.ndarray) and out.shape == array.shape and out[-1] == array[-1]
-        assert pool.echo.call(b"y" * (2 << 20)) == b"y" * (2 << 20)
-        made = {name for name in os.listdir("/dev/shm") if name.startswith("lifepool-")} - before
-        assert not made  # nor by the container
+        assert on_shared_memory(out) and numpy.array_equal(out, array)  # and the result, on the driver
+        assert pool.echo.spawn(b"y" * (2 << 20)).result(timeout=60) == b"y" * (2 << 20)
+        assert [a[-1] for a in pool.echo.map([array] * 3)] == [array[-1]] * 3
+        del out
+        left = _lifepool_segments() - before
+        assert {name for name in left if "-probe-" not in name} == set()  # every segment decoded or discarded
+    assert _lifepool_segments() - before == set()  # (the probe file too)
+
+
+@needs_ray
+def test_big_arrays_cross_to_a_container_elsewhere_inside_the_frames(ray_session):
+    # A container that cannot open the driver's /dev/shm (another machine) gets
+    # the segments' contents in its frames and answers inline.
+    numpy = pytest.importorskip("numpy")
+    from targets import Buffers, on_shared_memory
+
+    backend = lifepool.RayBackend(num_cpus=0)
+    backend._share_memory = False  # (what a container on another node sees: no probe it can open)
+    array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)
+    before = _lifepool_segments()
+    with lifepool.LifecyclePool(Buffers, containers=1, backend=backend) as pool:
+        assert pool.mapped.call(array) is False
+        out = pool.echo.call(array)
+        assert not on_shared_memory(out) and numpy.array_equal(out, array)
+        assert pool.echo.spawn(b"y" * (2 << 20)).result(timeout=60) == b"y" * (2 << 20)
+        assert pool.echo.call("z" * (2 << 20)) == "z" * (2 << 20)
+        assert _lifepool_segments() - before == set()  # the driver discarded its copies; the container made none
+    assert _lifepool_segments() - before == set()
 
 
 @needs_ray
