@@ -9,6 +9,7 @@ things go wrong::
         ys = list(p.predict.map(xs))
 """
 
+from ._context import Container, current_container
 from ._exceptions import (
     CallTimeoutError,
     ContainerCrashedError,
@@ -20,7 +21,6 @@ from ._exceptions import (
     Terminated,
 )
 from ._hooks import batched, concurrent, enter, exit
-from ._worker import Container, current_container
 
 TYPE_CHECKING = False  # (not typing.TYPE_CHECKING: a container need not import typing)
 if TYPE_CHECKING:

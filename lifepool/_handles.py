@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from . import _progress, _wire
 from ._exceptions import note_origin
+from ._kinds import STREAM_WINDOW
 from ._schedule._calls import undecodable as _undecodable
-from ._worker import STREAM_WINDOW
 
 if TYPE_CHECKING:
     from ._pool import LifecyclePool

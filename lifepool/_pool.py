@@ -431,8 +431,8 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
             else:
                 ok, outcome = dispatcher.run_borrowed(record, call)
                 if ok or outcome is not None:
-                    # Answered without the Future, whose callback would unlink
-                    # the arguments' shared memory (see _make_call).
+                    # Answered without completing the Future, which would unlink
+                    # the arguments' shared memory (see Call._let_go).
                     if _wire.has_segments(call.body):
                         _wire.discard(call.body)
                     return ok, outcome
@@ -467,10 +467,7 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
             raise
         chunk = isinstance(what, _wire.Chunk)
         call = Call(next(_call_ids), body, label, kind, sink, stream=sink is not None and not chunk, chunk=chunk)
-        if _wire.has_segments(body):
-            # The body's shared memory lives until the call is over (it may be retried).
-            call.add_done_callback(lambda _: _wire.discard(body))
-        return call
+        return call  # (its body's shared memory lives until the call is over: it may be retried; see Call._let_go)
 
     def _submit(self, call: Call) -> None:
         try:

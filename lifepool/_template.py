@@ -83,7 +83,7 @@ import sys
 import threading
 import weakref
 
-from . import _launch, _local, _output, _wire, _worker
+from . import _context, _launch, _local, _output, _serve, _wire, _worker
 from ._local import LocalBackend, LocalTransport
 
 TYPE_CHECKING = False
@@ -603,15 +603,15 @@ def _load(sock: socket.socket, target_blob: bytes, options: dict[str, Any], give
     from . import _hooks
 
     snapshot = Snapshot()
-    _worker._apply_environment(options.get("environment"), 0)
+    _serve._apply_environment(options.get("environment"), 0)
     if options.get("warm"):
         _make_warm(sock, options["warm"], give_back)
     try:
-        _worker._state.loading_target = True
+        _context._state.loading_target = True
         try:
             snapshot.target = target = _wire.loads(target_blob)
         finally:
-            _worker._state.loading_target = False
+            _context._state.loading_target = False
         cls = target if isinstance(target, type) else type(target)
         info = _hooks.inspect_class(cls)
         instance = cls() if isinstance(target, type) else target
@@ -657,14 +657,14 @@ def _make_warm(sock: socket.socket, modules: tuple[str, ...], give_back: Any) ->
     import importlib
 
     before = set(sys.modules)
-    _worker._state.loading_target = True
+    _context._state.loading_target = True
     try:
         for name in modules:
             importlib.import_module(name)
     except BaseException:  # noqa: BLE001 - raised again, and reported, when the target is unpickled
         return
     finally:
-        _worker._state.loading_target = False
+        _context._state.loading_target = False
     if threading.active_count() > 1:
         return
     files = []

@@ -20,7 +20,7 @@ from targets import (
 )
 
 import lifepool
-from lifepool._worker import STREAM_WINDOW
+from lifepool._kinds import STREAM_WINDOW
 
 pytestmark = pytest.mark.usefixtures("backend")
 

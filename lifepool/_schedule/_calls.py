@@ -157,16 +157,34 @@ class Call(Future[Any]):
         self.crashes = 0  # times its container died while it ran
         self.container: ContainerRecord | None = None
 
+    def set_result(self, result: Any) -> None:
+        self._let_go()
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._let_go()
+        super().set_exception(exception)
+
+    def _let_go(self) -> None:
+        """Drop the encoded arguments and unlink their shared memory, before anyone can see the call done.
+
+        A finished call is never sent again, and a caller keeping many
+        finished Futures would keep them all. (Before: the stdlib wakes the
+        waiters first and runs the callbacks after, so a caller could see
+        the result while the segments were still there.)
+        """
+        body, self.body = self.body, b""
+        if body and _wire.has_segments(body):
+            _wire.discard(body)
+
     def _invoke_callbacks(self) -> None:
         """Run on every completion (a result, an error, a cancel), by the thread that completes it.
 
-        The encoded arguments are let go: a finished call is never sent again,
-        and a caller keeping many finished Futures would keep them all. The
-        callbacks run as the stdlib runs them, but a BaseException one of them
-        raises (``sys.exit()``) on the dispatcher thread is logged like any
-        error: it would otherwise end the dispatcher, and with it the pool.
+        The callbacks run as the stdlib runs them, but a BaseException one of
+        them raises (``sys.exit()``) on the dispatcher thread is logged like
+        any error: it would otherwise end the dispatcher, and with it the pool.
         """
-        self.body = b""
+        self._let_go()  # (a cancel: set_result and set_exception did it already)
         for callback in self._done_callbacks:
             try:
                 callback(self)

@@ -59,7 +59,7 @@ class Tables:
             "max_inputs": self.max_inputs,
             "exit_grace_period": self.grace,
             "authkey": options.get("authkey"),  # multiprocessing's, for Manager proxies (_worker.share_authkey)
-            "environment": options.get("environment"),  # env=/cwd= (see _worker._Worker.enter)
+            "environment": options.get("environment"),  # env=/cwd= (see _serve._Worker.enter)
             "output": options.get("output"),  # forward_output (the backend's: see _local, _output)
             "shared_memory": self.backend.shared_memory,  # False: encode everything inline (see _worker.main)
         }

@@ -352,14 +352,14 @@ def _local_exit(instance: Any, info: Any, exc: BaseException | None) -> None:
 
 def is_local() -> bool:
     """True outside containers (in the program that runs the app)."""
-    from .._worker import current_container
+    from .._context import current_container
 
     return current_container() is None
 
 
 def current_input_id() -> str | None:
     """An id of the input this container runs (``None`` outside containers; see the README for where it is known)."""
-    from .._worker import current_call_id
+    from .._context import current_call_id
 
     call_id = current_call_id()
     return None if call_id is None else f"in-{call_id}"
@@ -367,7 +367,7 @@ def current_input_id() -> str | None:
 
 def current_function_call_id() -> str | None:
     """Like :func:`current_input_id`, for the call (one input per call here, so the same number)."""
-    from .._worker import current_call_id
+    from .._context import current_call_id
 
     call_id = current_call_id()
     return None if call_id is None else f"fc-{call_id}"

@@ -379,7 +379,7 @@ class StubFunction:
         self._stub._note_method(owner, self._options)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        from .._worker import current_container
+        from .._context import current_container
 
         if current_container() is not None or instance is None:
             # In a container (the module was imported there): the method itself.
