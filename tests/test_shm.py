@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mmap
 import os
 import pickle
 import select
@@ -16,6 +15,7 @@ import textwrap
 import cloudpickle
 import numpy as np
 import pytest
+from targets import on_shared_memory
 
 from lifepool import _shm
 
@@ -69,16 +69,6 @@ def round_trip(obj, pickler_dumps=plain, *, expect_segments: int | None = None):
     for name in names:
         assert not os.path.exists(os.path.join(_shm.SHM_DIR, name)), "loads left the name"
     return value
-
-
-def mapped(array: np.ndarray) -> bool:
-    """True when *array* lives on a shared-memory mapping (no copy was made)."""
-    base = array
-    while base is not None:
-        if isinstance(base, memoryview):
-            return isinstance(base.obj, mmap.mmap)
-        base = getattr(base, "base", None)
-    return False
 
 
 def assert_same_array(loaded, original):
@@ -141,7 +131,7 @@ def test_numpy_arrays_arrive_without_copy(array):
     snapshot = array.tobytes()
     loaded = round_trip(array, expect_segments=1)
     assert_same_array(loaded, array)
-    assert mapped(loaded)
+    assert on_shared_memory(loaded)
     assert loaded.flags.writeable
     loaded.reshape(-1, order="A").view(np.uint8)[...] = 7  # the receiver's own memory: the sender's array is untouched
     assert array.tobytes() == snapshot
