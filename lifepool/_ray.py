@@ -478,14 +478,6 @@ def _can_open_probe(name: str | None) -> bool:
     return True
 
 
-def _remove_probe(name: str | None) -> None:
-    if name is not None and _shm.SHM_DIR is not None:
-        try:
-            os.unlink(os.path.join(_shm.SHM_DIR, name))
-        except OSError:
-            pass
-
-
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -588,7 +580,8 @@ class RayBackend(Backend):
         with self._lock:
             self._users -= 1
             if self._users <= 0:
-                _remove_probe(self._probe)
+                if self._probe is not None:
+                    _shm._unlink(self._probe)  # (as a segment is)
                 self._probe = None
             if self._users <= 0 and self._started_ray:
                 self._started_ray = False
