@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from ._handles import RemoteMethod
     from ._pool import LifecyclePool
     from ._ray import RayBackend
-    from ._schedule import ContainerState, PoolState
-    from ._status import ContainerStatus, PoolStatus
+    from ._status import ContainerState, ContainerStatus, PoolState, PoolStatus
     from .app import (
         App,
         FunctionCall,
@@ -104,10 +103,10 @@ _APP_NAMES = (
     "parameter",
 )
 _LAZY = {
-    "ContainerState": "._schedule",
+    "ContainerState": "._status",
     "ContainerStatus": "._status",
     "LifecyclePool": "._pool",
-    "PoolState": "._schedule",
+    "PoolState": "._status",
     "PoolStatus": "._status",
     "RayBackend": "._ray",  # (imports ray: only when asked for)
     "RemoteMethod": "._handles",

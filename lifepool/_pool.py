@@ -26,8 +26,8 @@ from . import _hooks, _options, _output, _progress, _signals, _wire, _worker
 from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod, map_calls
-from ._schedule import Call, Dispatcher, PoolState
-from ._status import PoolStatus
+from ._schedule import Call, Dispatcher
+from ._status import PoolState, PoolStatus
 
 logger = logging.getLogger("lifepool")
 

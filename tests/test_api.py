@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.util
+import subprocess
+import sys
+
+import pytest
 
 import lifepool
 
@@ -15,6 +19,14 @@ def test_all_is_complete_and_exact():
         if name == "RayBackend" and importlib.util.find_spec("ray") is None:
             continue  # (imports ray: tests/test_ray.py checks the error without it)
         assert getattr(lifepool, name) is not None
+
+
+@pytest.mark.parametrize("name", sorted(set(lifepool.__all__) - {"RayBackend"}))
+def test_each_public_name_works_as_the_first_one_a_program_touches(name):
+    # (the lazy exports import their module on first use: ContainerStatus first once hit a circular import)
+    code = f"import lifepool; print(lifepool.{name} is not None)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
 
 
 def test_error_tree():

@@ -6,6 +6,5 @@ It never imports a pipe, a pid or an engine: containers are ``_backend.Transport
 
 from ._calls import Call
 from ._dispatcher import Dispatcher
-from ._records import ContainerState, PoolState
 
-__all__ = ["Call", "ContainerState", "Dispatcher", "PoolState"]
+__all__ = ["Call", "Dispatcher"]

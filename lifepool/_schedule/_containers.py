@@ -15,8 +15,9 @@ import time
 
 from .. import _wire
 from .._exceptions import ContainerCrashedError, EnterError
+from .._status import ContainerState, PoolState
 from ._calls import Call
-from ._records import COMING, LEAVING, SERVING, ContainerRecord, ContainerState, PoolState, describe_exit
+from ._records import COMING, LEAVING, SERVING, ContainerRecord, describe_exit
 from ._records import transport as _transport
 from ._tables import Tables
 

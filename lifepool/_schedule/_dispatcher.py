@@ -60,11 +60,11 @@ from typing import Any
 
 from .. import _wire
 from .._exceptions import add_note
-from .._status import ContainerStatus, PoolStatus
+from .._status import ContainerState, ContainerStatus, PoolState, PoolStatus
 from ._calls import Call, DispatcherThread, undecodable
 from ._containers import Containers
 from ._lending import Lending
-from ._records import ContainerRecord, ContainerState, PoolState
+from ._records import ContainerRecord
 from ._records import transport as _transport
 from ._routing import Routing
 from ._stopping import Stopping

@@ -19,8 +19,9 @@ import selectors
 from typing import Any
 
 from .. import _wire
+from .._status import ContainerState, PoolState
 from ._calls import Call, decode_answer
-from ._records import ContainerRecord, ContainerState, PoolState
+from ._records import ContainerRecord
 from ._records import transport as _transport
 from ._tables import Tables
 

@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import collections
-import enum
 import signal
 from typing import TYPE_CHECKING, Any
 
 from .._backend import Transport
+from .._status import ContainerState
 
 if TYPE_CHECKING:
     from ._calls import Call
-
-
-class PoolState(enum.Enum):
-    """Where a pool is in its life (``pool.status().state``)."""
-
-    RUNNING = "running"  # accepting and running calls
-    BROKEN = "broken"  # an enter hook failed: calls fail with EnterError; containers still need an exit
-    CLOSING = "closing"  # shutdown asked: queued calls finish (or were cancelled), then containers exit
-    CLOSED = "closed"  # every container has exited and been reaped
-
-
-class ContainerState(enum.Enum):
-    """Where a container is in its life (``ContainerStatus.state``)."""
-
-    STARTING = "starting"  # process launched, target not yet unpickled
-    ENTERING = "entering"  # enter hooks running
-    READY = "ready"  # serving, at least one free slot
-    BUSY = "busy"  # serving, every slot taken
-    RETIRING = "retiring"  # takes no new calls; exits when its in-flight calls are done (recycling)
-    EXITING = "exiting"  # exit hooks running (EXIT sent)
-    DEAD = "dead"  # process gone and reaped
 
 
 SERVING = (ContainerState.READY, ContainerState.BUSY)

@@ -15,8 +15,9 @@ import time
 import weakref
 
 from .. import _wire
+from .._status import ContainerState, PoolState
 from ._calls import Call, start_running
-from ._records import SERVING, ContainerRecord, ContainerState, PoolState
+from ._records import SERVING, ContainerRecord
 from ._tables import Tables
 
 logger = logging.getLogger("lifepool")

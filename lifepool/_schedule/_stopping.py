@@ -9,8 +9,9 @@ from concurrent.futures import CancelledError
 
 from .. import _wire
 from .._exceptions import CallTimeoutError, LifepoolError
+from .._status import ContainerState, PoolState
 from ._calls import Call, cancel_queued
-from ._records import SERVING, ContainerState, PoolState
+from ._records import SERVING
 from ._tables import Tables
 
 logger = logging.getLogger("lifepool")

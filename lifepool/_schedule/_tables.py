@@ -21,9 +21,10 @@ from concurrent.futures import InvalidStateError
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import note_origin
+from .._status import ContainerState, PoolState
 from ._calls import Call
 from ._capacity import Capacity
-from ._records import ContainerRecord, ContainerState, PoolState
+from ._records import ContainerRecord
 from ._timers import Timers
 
 if TYPE_CHECKING:
