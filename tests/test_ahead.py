@@ -1,10 +1,12 @@
 """Calls sent ahead: a busy container is sent queued calls to wait in its pipe.
 
 With a backlog (more than SEND_AHEAD queued calls per container), the
-dispatcher sends each busy container up to SEND_AHEAD more calls. These tests
-pin what must not change because of it: an interrupt stops the call it was
-meant for and no other, a crash fails only the call that was running, and an
-abort starts nothing new.
+dispatcher sends each busy container as many more calls as are queued per
+container, from SEND_AHEAD up to DEEP_AHEAD: with one container and n queued
+calls, n // 2 go ahead and n // 2 stay queued (while that is at most
+DEEP_AHEAD). These tests pin what must not change because of it: an
+interrupt stops the call it was meant for and no other, a crash fails only
+the call that was running, and an abort starts nothing new.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from targets import Ahead, wait_for_path
 
 import lifepool
-from lifepool._schedule._tables import SEND_AHEAD
+from lifepool._schedule._tables import DEEP_AHEAD, SEND_AHEAD
 
 
 def _wait_until(condition, timeout: float = 30.0) -> None:
@@ -47,7 +49,9 @@ def _backlog(pool, hookdir, method="block", count=3 * SEND_AHEAD):
     first = getattr(pool, method).spawn(str(release), str(started))
     wait_for_path(started)
     rest = [pool.run.spawn(str(hookdir), i) for i in range(count)]
-    _wait_until(lambda: _sent_ahead(pool) == SEND_AHEAD)
+    _wait_until(lambda: _sent_ahead(pool) == min(count // 2, DEEP_AHEAD))
+    _settle(pool)
+    assert _sent_ahead(pool) == min(count // 2, DEEP_AHEAD)  # (and no more)
     return first, rest, release
 
 
@@ -101,6 +105,17 @@ def test_an_abort_starts_none_of_the_calls_sent_ahead(hookdir):
         with pytest.raises((KeyboardInterrupt, concurrent.futures.CancelledError)):
             future.result(timeout=30)
     assert not list(hookdir.glob("ran-*"))
+
+
+def test_a_deep_backlog_is_sent_ahead_up_to_the_cap(hookdir):
+    with lifepool.LifecyclePool(Ahead, containers=1) as pool:
+        first, rest, release = _backlog(pool, hookdir, count=3 * DEEP_AHEAD)
+        assert _sent_ahead(pool) == DEEP_AHEAD
+        with pool._dispatcher._lock:
+            assert len(pool._dispatcher.pending[None]) == 2 * DEEP_AHEAD
+        release.touch()
+        assert first.result(timeout=30) == "released"
+        assert [f.result(timeout=30) for f in rest] == list(range(len(rest)))
 
 
 def test_no_backlog_no_sending_ahead(hookdir):

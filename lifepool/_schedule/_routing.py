@@ -78,7 +78,10 @@ class Routing(Tables):
 
         Only while more calls are queued than SEND_AHEAD per container (a
         backlog: every call waits anyway, so none waits longer for being sent
-        ahead, unless calls differ a lot in length), or for map's chunks
+        ahead, unless calls differ a lot in length), each container getting
+        as many as are queued per container, from SEND_AHEAD up to DEEP_AHEAD
+        (a deep queue of tiny calls keeps every container busy while the
+        dispatcher reads the others' answers), or for map's chunks
         (each is a few milliseconds of work: waiting behind one costs little,
         and the container never idles between two chunks); only with
         max_inputs=1 (a container then runs its calls one at a time, in the
@@ -95,23 +98,30 @@ class Routing(Tables):
         the demand that starts containers (see _capacity).
         """
         spare = self._spare
-        limit = self.max_inputs + self.ahead
-        keep = self.ahead * self._active
+        active = max(self._active, 1)
+        keep = self.ahead * active
+        most = self.max_inputs + self.deep_ahead
+        full = 0  # spare containers holding their share already (moved to the back)
         batches: dict[ContainerRecord, list[bytes]] = {}
-        while pending and spare and (len(pending) > keep or pending[0].chunk):
+        while pending and len(spare) > full and (len(pending) > keep or pending[0].chunk):
             record = spare[0]
             load = record.load[None]
             # (stale, or not busy after all: its free slot is offered to queued calls first)
-            if record.state not in SERVING or not self.max_inputs <= load < limit or record.streams or record.borrowed:
+            if record.state not in SERVING or not self.max_inputs <= load < most or record.streams or record.borrowed:
                 spare.popleft()
                 record.spare = False
+                continue
+            # Its share: as many as stay queued per container, from SEND_AHEAD to DEEP_AHEAD.
+            if load >= self.max_inputs + max(self.ahead, len(pending) // active):
+                spare.rotate(-1)  # (still spare: a deeper backlog may give it more)
+                full += 1
                 continue
             if pending[0].stream:
                 break  # a stream waits for a free slot
             call = self._take(pending, record, None)
             if call is None:
                 continue
-            if record.load[None] >= limit:
+            if record.load[None] >= most:
                 spare.popleft()
                 record.spare = False
             batches.setdefault(record, []).append(_wire.frame(_wire.CALL, call.id, 0, call.body))
@@ -179,7 +189,7 @@ class Routing(Tables):
                     record.offered.add(kind)
                     self._free[kind].append(record)
         record.state = ContainerState.READY if room else ContainerState.BUSY
-        if self.ahead and not record.spare and record.load[None] < self.max_inputs + self.ahead:
+        if self.ahead and not record.spare and record.load[None] < self.max_inputs + self.deep_ahead:
             record.spare = True
             self._spare.append(record)
 

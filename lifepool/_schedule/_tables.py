@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 # Calls a busy container (max_inputs=1) may be sent beyond the one it runs,
 # while more than that many calls per container are queued: see Routing._schedule_ahead.
 SEND_AHEAD = 16
+# With a deeper backlog, each may hold as many as are queued per container, up
+# to this many: enough to keep it working while the dispatcher handles a burst
+# of the other containers' answers.
+DEEP_AHEAD = 128
 
 
 class Tables:
@@ -101,6 +105,7 @@ class Tables:
         self.fast_path = self.max_inputs == 1 and self.timeout is None and len(self.capacity) == 1
         # Calls a busy container may be sent ahead, to wait in its pipe (see Routing._schedule_ahead).
         self.ahead = SEND_AHEAD if self.fast_path and self.max_calls is None else 0
+        self.deep_ahead = DEEP_AHEAD if self.ahead else 0  # (the most, with a deep backlog)
         self._spare: collections.deque[ContainerRecord] = collections.deque()
         self._ahead_in: set[ContainerRecord] = set()  # containers that were sent calls ahead (see _steal)
 
