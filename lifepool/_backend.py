@@ -7,6 +7,7 @@
     select() on transport.messages ◄──────────────── readable: frames arrived (recv, ready)
     select() on transport.sentinel ◄──────────────── readable: the container is gone
     transport.send(frames) ────────────────────────► CALL / INTERRUPT / REVOKE / CREDIT / EXIT
+    transport.lend(True / False) ──────────────────► a caller's thread reads the answer (fast path)
     transport.interrupt() ─────────────────────────► "read your INTERRUPT/REVOKE frames now"
     transport.kill() ──────────────────────────────► stop now (SIGKILL locally)
     transport.reap() ──────────────────────────────► exit status, every handle released
@@ -55,6 +56,15 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def buffered(self) -> bool:
         """Whether any bytes were read ahead."""
+
+    def lend(self, lent: bool) -> None:  # noqa: B027 - optional: most engines need nothing here
+        """The fast path lends the container to a caller's thread for one call (True), then takes it back (False).
+
+        While lent, that thread sends the call and reads its answer with
+        :meth:`recv` itself; an engine may hand the answer to it directly
+        instead of through ``messages``. From ``lend(False)`` on, every
+        answer still owed must reach ``messages`` as usual.
+        """
 
     @abc.abstractmethod
     def poll(self) -> bool:

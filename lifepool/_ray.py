@@ -92,6 +92,7 @@ _TRICKLE = 0.005  # ... up to this many seconds at a time
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
 _REPLY_WAIT = 0.05  # seconds an io call waits for the container's reply (a slower one comes with a poll)
 _REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
+_TAKE_GRACE = 5.0  # seconds beyond _REPLY_WAIT a borrower waits for an io reply itself
 _STEP_ASIDE = 0.002  # seconds the poll stays off the socket after an io call's wait
 _IO = struct.Struct("<Qid")  # an io call's head: its seq, a signal to send after its frames (0: none), the wait
 _OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in the container's stream
@@ -286,14 +287,15 @@ class RayTransport(ReaderTransport):
         self.messages = self._ours
         self.fd = self._ours.fileno()
         self.reader = _wire.Reader(self.fd)
-        self.recv = self.reader.recv  # type: ignore[method-assign]  # (the fast path calls it once per call)
+        self._lent = False  # a caller's thread waits for the answer (see lend)
+        self._owed: Any = None  # the ref of the lent call's io, whose reply that thread takes
         self._sentinel_r, self._sentinel_w = os.pipe()
         self.sentinel = self._sentinel_r
         self.status: int | None = None
         self._seq = 0
         self._lock = threading.Lock()
         self._gone = False
-        self._replies: queue.SimpleQueue[tuple[str, concurrent.futures.Future[Any]]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[str, concurrent.futures.Future[Any] | None]] = queue.SimpleQueue()
         self._delivering = threading.Lock()  # the socketpair's writer, and the two below
         self._early: dict[int, memoryview] = {}  # bytes that arrived before the bytes in front of them
         self._written = 0  # bytes of the container's stream written into the socketpair
@@ -323,7 +325,8 @@ class RayTransport(ReaderTransport):
         """Keep an io reply's bytes (holding ``_delivering``) until the bytes in front of them are written."""
         if reply:
             (offset,) = _OFFSET.unpack_from(reply)
-            self._early[offset] = memoryview(reply)[_OFFSET.size :]
+            if offset >= self._written:  # (not delivered twice: see _take_reply)
+                self._early[offset] = memoryview(reply)[_OFFSET.size :]
 
     def _flush(self, block: bool) -> bool:
         """Write the kept bytes that are next in the stream (holding ``_delivering``); False if that would block."""
@@ -356,7 +359,9 @@ class RayTransport(ReaderTransport):
                 kind, future = self._replies.get()
                 ended = False
                 with self._delivering:
-                    if kind == "poll":
+                    if future is None:
+                        pass  # a flush: bytes a borrower stored (see _take_reply)
+                    elif kind == "poll":
                         offset, data, ended, code = future.result()
                         if data:
                             self._early[offset] = memoryview(data)
@@ -397,7 +402,55 @@ class RayTransport(ReaderTransport):
             seq, self._seq = self._seq, self._seq + 1
             ref = self.actor.io.remote(_wire.stream(frames, head=_IO.pack(seq, signum, wait)))
         if wait:
-            self._expect("io", ref)
+            if self._lent and self._owed is None:
+                self._owed = ref  # the borrower takes the reply itself (see recv)
+            else:
+                self._expect("io", ref)
+
+    def lend(self, lent: bool) -> None:
+        """While lent, the borrower's thread gets the io reply with ``ray.get``: no callback on Ray's thread.
+
+        (That callback, and the future it completes, cost the driver about as
+        much CPU as the call itself.) Taken back with the reply still owed
+        (an interrupt), the reply goes the usual way.
+        """
+        self._lent = lent
+        if not lent and self._owed is not None:
+            self._expect("io", self._owed)
+            self._owed = None  # (only now: a Ctrl-C in between at worst delivers the reply twice)
+
+    def recv(self) -> bytes | bytearray:
+        if self._owed is not None and not self.reader.ready():
+            self._take_reply()
+        frame: bytes | bytearray = self.reader.recv()
+        return frame
+
+    def _take_reply(self) -> None:
+        """Wait for the owed io reply on this thread and put its bytes in the stream.
+
+        Whatever cuts this short (a Ctrl-C on any line), the reply is not
+        lost: ``_owed`` is cleared only once its bytes are stored or on their
+        way through a callback (lend(False) sends it that way if still set),
+        and a reply delivered twice is dropped by its offset the second time.
+        """
+        ref = self._owed
+        stored = flushed = False
+        try:
+            reply = ray.get(ref, timeout=_REPLY_WAIT + _TAKE_GRACE)
+            with self._delivering:
+                self._store(reply)
+                stored = True
+                flushed = self._flush(block=False)
+        except ray.exceptions.GetTimeoutError:
+            pass  # (Ray is slow today: it comes the usual way)
+        except ray.exceptions.RayError:
+            stored = flushed = True  # the actor died: its poll says so
+        finally:
+            if not stored:
+                self._expect("io", ref)
+            self._owed = None
+            if not flushed:
+                self._replies.put(("flush", None))  # (the socket is full: the bridge writes the rest)
 
     def poll(self) -> bool:
         readable, _, _ = select.select([self.fd], [], [], 0)

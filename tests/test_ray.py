@@ -231,3 +231,43 @@ def test_the_driver_writes_relayed_bytes_in_stream_order_and_never_blocks_a_ray_
     finally:
         relay._ours.close()
         relay._theirs.close()
+
+
+@needs_ray
+@pytest.mark.parametrize("step", ["recv", "_take_reply", "lend"])
+def test_a_ctrl_c_on_any_line_of_the_lent_path_loses_no_answer(tmp_path, ray_session, step):
+    # A blocking call on a lent Ray container takes its io reply with ray.get on
+    # the caller's thread (RayTransport.lend/recv/_take_reply). A Ctrl-C on any
+    # line of that must leave the reply on its way to the dispatcher: with one
+    # container, a lost answer would leave the next call queued forever.
+    from targets import Recorder
+
+    from lifepool._ray import RayTransport
+
+    code = getattr(RayTransport, step).__code__
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno})
+
+    def interrupt_at(line):
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno == line:
+                sys.settrace(None)
+                raise KeyboardInterrupt(f"at line {line}")
+            return local
+
+        return lambda frame, event, arg: local if frame.f_code is code else None
+
+    backend = lifepool.RayBackend(num_cpus=0)
+    with lifepool.LifecyclePool(Recorder(tmp_path), containers=1, backend=backend) as pool:
+        assert pool.echo.call(0) == 0
+        interrupted = 0
+        for line in lines:
+            sys.settrace(interrupt_at(line))
+            try:
+                pool.echo.call(line)
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                sys.settrace(None)
+            assert pool.echo.spawn(line).result(timeout=30) == line, f"interrupted at line {line}"
+            assert pool.echo.call(-line) == -line
+        assert interrupted >= 1

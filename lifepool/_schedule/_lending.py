@@ -67,6 +67,7 @@ class Lending(Tables):
             if record.watched:
                 self._selector.unregister(record.conn)
                 record.watched = False
+            _transport(record).lend(True)
             self._send(record, _wire.frame(_wire.CALL, call.id, 0, call.body))
             return record
 
@@ -160,6 +161,7 @@ class Lending(Tables):
 
     def _give_back(self, record: ContainerRecord) -> None:
         record.borrowed = False
+        _transport(record).lend(False)  # (an answer still owed goes to the messages: the dispatcher reads)
         if record.inflight or record.state is not ContainerState.READY:
             # An answer is still due (an interrupted wait), or the container is
             # leaving: the dispatcher reads from here on. An idle container
