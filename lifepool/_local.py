@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-from . import _launch, _output, _shm, _wire, _worker
+from . import _launch, _output, _shmdir, _wire, _worker
 from ._backend import Backend, ReaderTransport
 
 
@@ -92,7 +92,7 @@ class LocalTransport(ReaderTransport):
         # a long-lived pool would otherwise keep one descriptor per crash.
         _launch.close_process(process)
         # What it put in shared memory and nobody decoded (everything it sent has been read).
-        _shm.sweep(os.getpid(), creator_pid=self.pid)
+        _shmdir.sweep(os.getpid(), creator_pid=self.pid)
         return code
 
     def forget(self) -> None:

@@ -73,7 +73,7 @@ import threading
 import time
 from typing import Any
 
-from . import _shm, _wire, _worker
+from . import _shm, _shmdir, _wire, _worker
 from ._backend import Backend, ReaderTransport
 
 logger = logging.getLogger("lifepool")
@@ -511,21 +511,21 @@ def _carried(data: bytes) -> bytes:
 
 def _make_probe() -> str | None:
     """A file in this machine's ``/dev/shm`` that only a process sharing it (and our user) can open."""
-    if _shm.SHM_DIR is None:
+    if _shmdir.SHM_DIR is None:
         return None
-    name = f"{_shm.PREFIX}{os.getpid()}-probe-{secrets.token_hex(8)}"  # (sweep_orphans takes it if we die)
+    name = f"{_shmdir.PREFIX}{os.getpid()}-probe-{secrets.token_hex(8)}"  # (sweep_orphans takes it if we die)
     try:
-        os.close(os.open(os.path.join(_shm.SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(os.path.join(_shmdir.SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError:
         return None
     return name
 
 
 def _can_open_probe(name: str | None) -> bool:
-    if name is None or _shm.SHM_DIR is None or not name.startswith(_shm.PREFIX) or "/" in name:
+    if name is None or _shmdir.SHM_DIR is None or not name.startswith(_shmdir.PREFIX) or "/" in name:
         return False
     try:
-        os.close(os.open(os.path.join(_shm.SHM_DIR, name), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)))
+        os.close(os.open(os.path.join(_shmdir.SHM_DIR, name), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)))
     except OSError:
         return False
     return True
@@ -634,7 +634,7 @@ class RayBackend(Backend):
             self._users -= 1
             if self._users <= 0:
                 if self._probe is not None:
-                    _shm._unlink(self._probe)  # (as a segment is)
+                    _shmdir._unlink(self._probe)  # (as a segment is)
                 self._probe = None
             if self._users <= 0 and self._started_ray:
                 self._started_ray = False

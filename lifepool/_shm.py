@@ -45,12 +45,11 @@ Format. Every message is a pickle, so :func:`loads` *is* :func:`pickle.loads`
   an offset), for a receiver on another machine. ``body`` is the real
   protocol-5 pickle.
 
-Lifetime and cleanup.
+Lifetime and cleanup. The segment files themselves (names, owner, making,
+unlinking, sweeping) are :mod:`lifepool._shmdir`'s; finding the big payloads
+in a pickle is :mod:`lifepool._pickscan`'s.
 
-* The sender creates each segment with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode
-  0600, writes it with ``write()`` (``ENOSPC`` is an error, not a ``SIGBUS``)
-  and closes it, keeping no mapping. Nothing is registered with
-  multiprocessing's resource tracker.
+* The sender writes each segment whole and closes it, keeping no mapping.
 * Decoding a message opens every segment and unlinks its name at once, before
   anything is unpickled, so the names are gone even when unpickling fails. The
   memory lives on in the receiver's mappings (a NumPy array keeps its mapping)
@@ -63,7 +62,7 @@ Lifetime and cleanup.
   pool's parent pid, see :func:`set_owner`), ``sweep(owner, creator_pid)``
   what one process created, :func:`sweep_orphans` the segments of pools whose
   parent no longer runs.
-* No ``/dev/shm`` (macOS, say): :data:`SHM_DIR` is None and everything is
+* No ``/dev/shm`` (macOS, say): ``_shmdir.SHM_DIR`` is None and everything is
   pickled in-band, the pickler's bytes as they are. A segment that cannot be
   made (``/dev/shm`` full: 64 MB in a default Docker container) sends that
   buffer in-band instead, with one warning per process.
@@ -72,15 +71,29 @@ Lifetime and cleanup.
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import pickle
 import struct
-import sys
 import threading
+
+from . import _shmdir
+from ._shmdir import (
+    _MAX_RW,
+    _OPEN_OLD,
+    PREFIX,
+    _create_segment,
+    _map,
+    _path,
+    _unlink,
+    owner,
+    set_owner,
+    sweep,
+    sweep_orphans,
+)
 
 TYPE_CHECKING = False  # (not typing's: a container imports this module at start, and never typing)
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Callable
     from typing import Any
 
@@ -99,46 +112,13 @@ __all__ = [
     "size",
     "sweep",
     "sweep_orphans",
-]
+]  # (owner, set_owner, sweep and sweep_orphans live in _shmdir, with the segment files)
 
 THRESHOLD = 1 << 20  # buffers smaller than this stay in-band
 
-# Where segments live; None turns shared memory off (everything in-band).
-SHM_DIR: str | None = "/dev/shm" if sys.platform.startswith("linux") and os.path.isdir("/dev/shm") else None
-
-PREFIX = "lifepool-"  # + "<owner pid>-<creator pid>-<16 hex digits>"
-OWNER_ENV = "LIFEPOOL_SHM_OWNER"  # the owner pid when set_owner() was not called
 VERSION = 1
 
 _U64 = struct.Struct("<Q")
-_MAX_RW = 0x7FFFF000  # Linux moves at most this much per read()/write()
-_OPEN_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_OPEN_OLD = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-_warned_fallback = False
-_owner: int | None = None
-
-
-# -- owner ------------------------------------------------------------------
-
-
-def set_owner(pid: int | None) -> None:
-    """Name the pool's parent *pid* in the segments this process creates (None: back to the default)."""
-    global _owner
-    _owner = None if pid is None else int(pid)
-
-
-def owner() -> int:
-    """The owner pid: set by :func:`set_owner`, else ``$LIFEPOOL_SHM_OWNER``, else this process."""
-    if _owner is not None:
-        return _owner
-    env = os.environ.get(OWNER_ENV)
-    if env:
-        try:
-            return int(env)
-        except ValueError:
-            pass
-    return os.getpid()
 
 
 # -- dumps ------------------------------------------------------------------
@@ -199,7 +179,7 @@ def dumps(obj: Any, *, pickler_dumps: PicklerDumps) -> bytes:
     try:
         data = pickler_dumps(obj, _probe)
     except _Restart:
-        if SHM_DIR is None:
+        if _shmdir.SHM_DIR is None:
             return pickler_dumps(obj, None)
         buffers: list[pickle.PickleBuffer] = []
 
@@ -217,10 +197,14 @@ def dumps(obj: Any, *, pickler_dumps: PicklerDumps) -> bytes:
 
 
 def _encode(data: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
-    if SHM_DIR is None:
+    if _shmdir.SHM_DIR is None:
         return data
     view = memoryview(data)
-    items = _big_items(view) if len(data) >= THRESHOLD else []
+    items: list[tuple[str, int, int, int]] = []
+    if len(data) >= THRESHOLD:
+        from ._pickscan import _big_items  # (here: only a pickle this big is walked)
+
+        items = _big_items(view, THRESHOLD)
     if not buffers and not items:
         return data
     created: list[str] = []
@@ -286,148 +270,6 @@ def _persistent_ref(index: int) -> bytes:
     if index < 256:
         return b"K" + bytes([index]) + b"Q"  # BININT1 index, BINPERSID
     return b"J" + index.to_bytes(4, "little") + b"Q"  # BININT index, BINPERSID
-
-
-# -- finding big payloads in a pickle -----------------------------------------
-
-_FRAME = 0x95
-_STOP = 0x2E
-# Opcodes whose big payload is cut out, and what the receiver rebuilds.
-_KINDS = {0x42: "b", 0x8E: "b", 0x96: "a", 0x58: "s", 0x8D: "s"}  # BINBYTES(8), BYTEARRAY8, BINUNICODE(8)
-# Argument layout per opcode: n >= 0 fixed size; else (size of the length prefix, signed).
-_ARGS: dict[int, int | tuple[int, bool]] = {}
-_MAX_SMALL_RUN = 16  # framed pickles only leave runs of < 4 bytes outside frames
-_FRAME_SIZE_TARGET = 64 * 1024  # picklers write payloads of this size or more outside frames
-
-
-def _argument_layouts() -> dict[int, int | tuple[int, bool]]:
-    import pickletools  # only on the slow path
-
-    prefixed = {
-        pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-        pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-        pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-        pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
-    }
-    layouts: dict[int, int | tuple[int, bool]] = {}
-    for op in pickletools.opcodes:
-        n = 0 if op.arg is None else op.arg.n
-        if n >= 0:
-            layouts[ord(op.code)] = n
-        elif n in prefixed:
-            layouts[ord(op.code)] = prefixed[n]
-        # else: text arguments (protocol 0): not walked
-    return layouts
-
-
-def _big_items(data: memoryview) -> list[tuple[str, int, int, int]]:
-    """``(kind, opcode start, payload start, end)`` of the big bytes/bytearray/str payloads.
-
-    Walks only the top level of a framed (protocol >= 4) pickle: a FRAME is
-    skipped whole, and big payloads are never framed. Anything unexpected
-    (no framing, text opcodes) ends the walk early; what was found so far
-    stands, the rest simply stays in-band.
-    """
-    global _ARGS
-    n = len(data)
-    if n < 2 or data[0] != 0x80 or data[1] < 4:
-        return []
-    layouts = _ARGS or (_ARGS := _argument_layouts())
-    items = []
-    pos = 2
-    small_run = 0
-    while pos < n:
-        op = data[pos]
-        if op == _FRAME:
-            pos += 9 + _U64.unpack_from(data, pos + 1)[0]
-            small_run = 0
-            continue
-        layout = layouts.get(op)
-        if layout is None:
-            break
-        if isinstance(layout, int):
-            if op == _STOP:
-                break
-            pos += 1 + layout
-            small_run += 1
-            if small_run > _MAX_SMALL_RUN:
-                break  # not framed: walking every opcode would be slow
-            continue
-        width, signed = layout
-        size = int.from_bytes(data[pos + 1 : pos + 1 + width], "little", signed=signed)
-        payload = pos + 1 + width
-        end = payload + size
-        if size >= THRESHOLD and op in _KINDS and end <= n:
-            items.append((_KINDS[op], pos, payload, end))
-        if size >= _FRAME_SIZE_TARGET:
-            small_run = 0  # payloads this big are written outside frames
-        else:
-            small_run += 1
-            if small_run > _MAX_SMALL_RUN:
-                break
-        pos = end
-    return items
-
-
-# -- segments ----------------------------------------------------------------
-
-
-def _path(name: str) -> str:
-    if SHM_DIR is None:
-        raise FileNotFoundError(f"shared memory segment {name!r}: no shared memory directory on this system")
-    return os.path.join(SHM_DIR, name)
-
-
-def _create_segment(data: memoryview) -> str | None:
-    """Write *data* to a new 0600 segment and return its name; None when that fails."""
-    global _warned_fallback
-    directory = SHM_DIR
-    if directory is None:
-        return None
-    name = f"{PREFIX}{owner()}-{os.getpid()}-{os.urandom(8).hex()}"
-    path = os.path.join(directory, name)
-    try:
-        fd = os.open(path, _OPEN_NEW, 0o600)
-    except OSError as error:
-        failure = error
-    else:
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as error:  # ENOSPC: /dev/shm is full (64 MB in a default Docker container)
-            failure = error
-            _unlink(name)
-        except BaseException:
-            _unlink(name)
-            raise
-        else:
-            return name
-    if not _warned_fallback:
-        _warned_fallback = True
-        import logging  # (here: a container that never warns does not pay for it)
-
-        logging.getLogger("lifepool").warning(
-            "lifepool: %d bytes travel in-band, no shared memory segment: %s", data.nbytes, failure
-        )
-    return None
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
-    done, total = 0, data.nbytes
-    while done < total:
-        done += os.write(fd, data[done : done + _MAX_RW])
-
-
-def _unlink(name: str) -> bool:
-    try:
-        os.unlink(_path(name))
-    except (FileNotFoundError, PermissionError):
-        return False
-    return True
 
 
 # -- loads -------------------------------------------------------------------
@@ -529,14 +371,6 @@ def _names(buffer_entries: list[Any], object_entries: list[Any]) -> list[str]:
         if not name.startswith(PREFIX) or "/" in name or "\0" in name:
             raise pickle.UnpicklingError(f"not a lifepool shared memory segment name: {name!r}")
     return names
-
-
-def _map(fd: int, size: int, *, writable: bool, private: bool = False) -> mmap.mmap:
-    actual = os.fstat(fd).st_size
-    if actual < size:  # mapping past the end would SIGBUS on access
-        raise pickle.UnpicklingError(f"shared memory segment has {actual} bytes, expected {size}")
-    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE if private else mmap.MAP_SHARED, prot=prot)
 
 
 def _object(kind: str, where: str | int, size: int, fds: dict[str, int], inline: bytes) -> Any:
@@ -647,57 +481,3 @@ def has_segments(data: bytes | memoryview) -> bool:
 def discard(data: bytes | memoryview) -> int:
     """Unlink the segments of a message that will not be decoded (again); returns how many were removed."""
     return sum(_unlink(name) for name in segment_names(data))
-
-
-def _segments() -> list[str]:
-    if SHM_DIR is None:
-        return []
-    try:
-        with os.scandir(SHM_DIR) as entries:
-            return [entry.name for entry in entries if entry.name.startswith(PREFIX)]
-    except OSError:
-        return []
-
-
-def sweep(owner_pid: int, creator_pid: int | None = None) -> int:
-    """Unlink the segments left by the pool whose parent is *owner_pid*; returns how many.
-
-    With *creator_pid*, only those that process created (a container that
-    died): the segments other live containers have in flight stay.
-    """
-    prefix = f"{PREFIX}{int(owner_pid)}-"
-    if creator_pid is not None:
-        prefix += f"{int(creator_pid)}-"
-    return sum(_unlink(name) for name in _segments() if name.startswith(prefix))
-
-
-def sweep_orphans() -> int:
-    """Unlink the segments whose owner process no longer runs (a parent killed with SIGKILL); returns how many.
-
-    Only for a ``/dev/shm`` not shared with other pid namespaces: an owner
-    there would look dead.
-    """
-    removed = 0
-    alive: dict[int, bool] = {}
-    for name in _segments():
-        try:
-            pid = int(name[len(PREFIX) :].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid not in alive:
-            alive[pid] = _is_running(pid)
-        if not alive[pid]:
-            removed += _unlink(name)
-    return removed
-
-
-def _is_running(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a process: leave it alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -48,7 +48,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from . import _shm, _wire
+from . import _shmdir, _wire
 from ._context import (  # (the names other modules and tests reach through _worker)
     INTERRUPT_SIGNAL,
     Container,
@@ -246,7 +246,7 @@ def _leave_when_orphaned(options: dict[str, Any]) -> None:
     _state.orphan_kill_armed = True
 
     def leave() -> None:
-        _shm.sweep(options["parent_pid"])
+        _shmdir.sweep(options["parent_pid"])
         _leave(1)
 
     timer = threading.Timer(options["exit_grace_period"], leave)
@@ -288,10 +288,10 @@ def main(
         os.register_at_fork(after_in_child=sentinel.close)  # only this process holds it, not its forks
     share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
-    _shm.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
+    _shmdir.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
     if options.get("shared_memory") is False:
         # The pool's parent is on another machine (a Ray backend): its /dev/shm is not ours.
-        _shm.SHM_DIR = None
+        _shmdir.SHM_DIR = None
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)
     # The parent blocked SIGINT while starting us (a Ctrl-C then must not kill a
     # container that has no policy yet); the mask is inherited, undo it now.
@@ -336,7 +336,7 @@ def main(
     except OSError:
         pass
     if isinstance(exit_exc, ParentExitedError):
-        _shm.sweep(options["parent_pid"])  # nobody is left to decode or discard what is in flight
+        _shmdir.sweep(options["parent_pid"])  # nobody is left to decode or discard what is in flight
     _finish(0, options["exit_grace_period"])
 
 

@@ -19,7 +19,7 @@ from conftest import collected
 from executor_targets import Empty, FailingEnter, Maker, make_dummy_object
 
 import lifepool
-from lifepool import _shm
+from lifepool import _shmdir
 
 BOUND = 60.0
 BIG = b"x" * (2 << 20)  # over the shared-memory threshold (1 MiB)
@@ -30,7 +30,7 @@ def _fds() -> set[str]:
 
 
 def _segments() -> set[str]:
-    return set(glob.glob(f"/dev/shm/{_shm.PREFIX}{os.getpid()}-*")) if _shm.SHM_DIR else set()
+    return set(glob.glob(f"/dev/shm/{_shmdir.PREFIX}{os.getpid()}-*")) if _shmdir.SHM_DIR else set()
 
 
 def _children() -> set[int]:

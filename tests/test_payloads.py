@@ -11,11 +11,11 @@ import pytest
 from targets import Fragile, Holding
 
 import lifepool
-from lifepool import _shm
+from lifepool import _shm, _shmdir
 
 SERVING = (lifepool.ContainerState.READY, lifepool.ContainerState.BUSY)
 
-pytestmark = pytest.mark.skipif(_shm.SHM_DIR is None, reason="no /dev/shm here")
+pytestmark = pytest.mark.skipif(_shmdir.SHM_DIR is None, reason="no /dev/shm here")
 
 
 def leftovers() -> list[str]:

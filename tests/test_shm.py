@@ -1,4 +1,4 @@
-"""Large buffers through shared memory (lifepool._shm): round trips, segment lifetime, cleanup, fallback."""
+"""Large buffers through shared memory (lifepool._shm, _shmdir): round trips, segment lifetime, cleanup, fallback."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from targets import on_shared_memory
 
-from lifepool import _shm
+from lifepool import _shm, _shmdir
 
-pytestmark = pytest.mark.skipif(_shm.SHM_DIR is None, reason="no /dev/shm on this system")
+pytestmark = pytest.mark.skipif(_shmdir.SHM_DIR is None, reason="no /dev/shm on this system")
 
 MB = 1 << 20
 
@@ -44,20 +44,20 @@ def dumps(obj, pickler_dumps=plain):
 
 
 def ours(owner: int) -> list[str]:
-    return sorted(name for name in os.listdir(_shm.SHM_DIR) if name.startswith(f"lifepool-{owner}-"))
+    return sorted(name for name in os.listdir(_shmdir.SHM_DIR) if name.startswith(f"lifepool-{owner}-"))
 
 
 @pytest.fixture(autouse=True)
 def owner():
     """Segments of each test are named after this process; none may be left at the end."""
     pid = os.getpid()
-    _shm.set_owner(pid)
+    _shmdir.set_owner(pid)
     try:
         yield pid
         assert ours(pid) == [], "segments left in /dev/shm"
     finally:
-        _shm.sweep(pid)
-        _shm.set_owner(None)
+        _shmdir.sweep(pid)
+        _shmdir.set_owner(None)
 
 
 def round_trip(obj, pickler_dumps=plain, *, expect_segments: int | None = None):
@@ -67,7 +67,7 @@ def round_trip(obj, pickler_dumps=plain, *, expect_segments: int | None = None):
         assert len(names) == expect_segments
     value = _shm.loads(message)
     for name in names:
-        assert not os.path.exists(os.path.join(_shm.SHM_DIR, name)), "loads left the name"
+        assert not os.path.exists(os.path.join(_shmdir.SHM_DIR, name)), "loads left the name"
     return value
 
 
@@ -211,7 +211,7 @@ def test_segments_are_private_and_named_after_owner_and_creator(owner):
     names = _shm.segment_names(message)
     assert len(names) == 2
     for name in names:
-        st = os.stat(os.path.join(_shm.SHM_DIR, name))
+        st = os.stat(os.path.join(_shmdir.SHM_DIR, name))
         assert stat.S_IMODE(st.st_mode) == 0o600
         assert st.st_uid == os.getuid()
         assert name.startswith(f"lifepool-{owner}-{os.getpid()}-")
@@ -221,16 +221,16 @@ def test_segments_are_private_and_named_after_owner_and_creator(owner):
 
 
 def test_owner_from_the_environment(monkeypatch):
-    _shm.set_owner(None)
-    monkeypatch.setenv(_shm.OWNER_ENV, "424242")
-    assert _shm.owner() == 424242
+    _shmdir.set_owner(None)
+    monkeypatch.setenv(_shmdir.OWNER_ENV, "424242")
+    assert _shmdir.owner() == 424242
     message = dumps(os.urandom(2 * MB))
     try:
         assert _shm.segment_names(message)[0].startswith("lifepool-424242-")
     finally:
         assert _shm.discard(message) == 1
-    monkeypatch.delenv(_shm.OWNER_ENV)
-    assert _shm.owner() == os.getpid()
+    monkeypatch.delenv(_shmdir.OWNER_ENV)
+    assert _shmdir.owner() == os.getpid()
 
 
 # -- lifetime --------------------------------------------------------------------------
@@ -298,8 +298,8 @@ def test_sweep_after_the_creator_is_killed(owner):
     child = textwrap.dedent(
         f"""
         import os, pickle, sys, time
-        from lifepool import _shm
-        _shm.set_owner({owner})
+        from lifepool import _shm, _shmdir
+        _shmdir.set_owner({owner})
         message = _shm.dumps([os.urandom(2 << 20), bytearray(2 << 20)],
                              pickler_dumps=lambda o, cb: pickle.dumps(o, 5, buffer_callback=cb))
         print(" ".join(_shm.segment_names(message)), flush=True)
@@ -318,25 +318,25 @@ def test_sweep_after_the_creator_is_killed(owner):
     assert ours(owner) == sorted(names)
     for name in names:
         assert name.startswith(f"lifepool-{owner}-{process.pid}-")
-    assert _shm.sweep(owner, creator_pid=os.getpid()) == 0  # only the dead creator's
-    assert _shm.sweep(owner + 1) == 0
-    assert _shm.sweep(owner, creator_pid=process.pid) == 2
+    assert _shmdir.sweep(owner, creator_pid=os.getpid()) == 0  # only the dead creator's
+    assert _shmdir.sweep(owner + 1) == 0
+    assert _shmdir.sweep(owner, creator_pid=process.pid) == 2
     assert ours(owner) == []
-    assert _shm.sweep(owner) == 0
+    assert _shmdir.sweep(owner) == 0
 
 
 def test_sweep_orphans_removes_segments_of_dead_owners(owner):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, timeout=30)
     dead_pid = int(dead.stdout)
-    _shm.set_owner(dead_pid)
+    _shmdir.set_owner(dead_pid)
     try:
         orphan = dumps(os.urandom(2 * MB))
     finally:
-        _shm.set_owner(owner)
+        _shmdir.set_owner(owner)
     alive = dumps(os.urandom(2 * MB))
     try:
         assert len(ours(dead_pid)) == 1
-        assert _shm.sweep_orphans() >= 1
+        assert _shmdir.sweep_orphans() >= 1
         assert ours(dead_pid) == []
         assert len(ours(owner)) == 1  # a running owner's segments stay
     finally:
@@ -348,19 +348,19 @@ def test_sweep_orphans_removes_segments_of_dead_owners(owner):
 
 
 def test_without_shared_memory_everything_is_in_band(monkeypatch, owner):
-    monkeypatch.setattr(_shm, "SHM_DIR", None)
+    monkeypatch.setattr(_shmdir, "SHM_DIR", None)
     obj = [np.arange(MB // 4), os.urandom(2 * MB), (1, "x", None)]
     message = dumps(obj)
     assert message == pickle.dumps(obj, 5)
     loaded = _shm.loads(message)
     assert np.array_equal(loaded[0], obj[0]) and loaded[1:] == obj[1:]
-    assert _shm.sweep(owner) == 0
-    assert _shm.sweep_orphans() == 0
+    assert _shmdir.sweep(owner) == 0
+    assert _shmdir.sweep_orphans() == 0
 
 
 def test_when_segments_cannot_be_made_buffers_travel_in_the_message(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(_shm, "SHM_DIR", str(tmp_path / "missing"))
-    monkeypatch.setattr(_shm, "_warned_fallback", False)
+    monkeypatch.setattr(_shmdir, "SHM_DIR", str(tmp_path / "missing"))
+    monkeypatch.setattr(_shmdir, "_warned_fallback", False)
     obj = [np.arange(MB // 4), os.urandom(2 * MB), "s" * (2 * MB)]
     with caplog.at_level(logging.WARNING, logger="lifepool"):
         message = dumps(obj)
@@ -375,8 +375,8 @@ def test_a_full_shm_directory_falls_back(monkeypatch, owner):
     def full(fd, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_shm, "_write_all", full)
-    monkeypatch.setattr(_shm, "_warned_fallback", True)
+    monkeypatch.setattr(_shmdir, "_write_all", full)
+    monkeypatch.setattr(_shmdir, "_warned_fallback", True)
     obj = (np.arange(MB // 4), os.urandom(2 * MB))
     loaded = _shm.loads(dumps(obj))
     assert np.array_equal(loaded[0], obj[0]) and loaded[1] == obj[1]
