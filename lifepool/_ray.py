@@ -35,6 +35,9 @@ parses a local socket. Sends carry a sequence number and the actor applies
 them in order, whatever order Ray runs them in. A send waits in the actor
 for the container's answer and returns it (a sequential call is one Ray
 round trip, like a raw actor call); what comes later comes with a poll.
+A blocking call on a lent container (the fast path, ``Transport.lend``)
+takes that reply with ``ray.get`` on the caller's own thread; other replies
+arrive as callbacks on Ray's io thread.
 Every chunk carries its offset in the stream, so the driver puts io replies
 and polls back in order.
 
