@@ -266,7 +266,7 @@ def main(
 
     *output*: with ``forward_output``, the write ends of this container's
     output pipes and the parent's log level (see ``lifepool/_output.py``).
-    *snapshot* (a ``_template.Snapshot``) is what the template made before
+    *snapshot* (a ``_snap.Snapshot``) is what the template made before
     forking this process: the instance, its snap hooks already run.
     """
     flush_output = None

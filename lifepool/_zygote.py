@@ -6,7 +6,7 @@
       ("template", target, opts, context)       one thread, blocking on its socket
       + SCM_RIGHTS [control end, payload, 1, 2,
         (forward_output: 3 output write ends)] ► os.fork() ──────────────────────────────► context applied,
-                                                closes its copy of the control end       _template.serve(...)
+                                                closes its copy of the control end       _snap.serve(...)
            ◄─────────────────────────────────── ("pid", pid)
       pidfd_open(pid): the template's sentinel
 
@@ -66,7 +66,7 @@ class _Forker:
         output: tuple[int, ...] = (),
         context: tuple[Any, ...] | None = None,
     ) -> int | None:
-        """Fork a template running ``_template.serve`` on *control_fd*; its pid, or None if this process is gone.
+        """Fork a template running ``_snap.serve`` on *control_fd*; its pid, or None if this process is gone.
 
         *output*: the write ends of the output pipes the template's load
         prints and logs into (``forward_output``: see ``_output.lend``).
@@ -149,7 +149,7 @@ def get() -> Zygote:
 class Warm(_Forker):
     """The parent's handle on a module-warm process: a zygote that has imported one target's modules.
 
-    Made by the first template of a target (``_template._make_warm``), which
+    Made by the first template of a target (``_snap._make_warm``), which
     forks it after importing the modules its target names and before it
     unpickles the target, so it holds the zygote's state plus those imports
     and nothing of any pool: no instance, no snap state, no container's pipe.
@@ -300,7 +300,9 @@ def serve(control: Any) -> None:
 
 def serve_requests(sock: socket.socket) -> None:
     """Fork a template for each request on *sock* (the zygote's loop, and a module-warm process's)."""
-    from . import _template
+    # (_template is not used here: imported so that the templates forked from here, and their containers,
+    # start with what it imports, logging and traceback among them, as before _snap was split off from it)
+    from . import _snap, _template  # noqa: F401
 
     while True:
         try:
@@ -327,7 +329,7 @@ def serve_requests(sock: socket.socket) -> None:
                     os.dup2(stderr, 2)
                     _apply_context(context)
                     os.set_inheritable(control_fd, False)
-                    _template.serve(_launch.ChildEnd(control_fd), target_blob, options, output)
+                    _snap.serve(_launch.ChildEnd(control_fd), target_blob, options, output)
                 finally:
                     os._exit(1)
         for fd in fds:
