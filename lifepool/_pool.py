@@ -25,7 +25,8 @@ from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVa
 from . import _hooks, _options, _output, _progress, _signals, _wire, _worker
 from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
-from ._handles import RemoteMethod, map_calls
+from ._handles import RemoteMethod
+from ._mapping import map_calls
 from ._schedule import Call, Dispatcher
 from ._status import PoolState, PoolStatus
 
@@ -496,7 +497,7 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         return 2 * self._max_containers * max(self._max_inputs, self._info.batched[kind][0])
 
     def _can_chunk(self) -> bool:
-        """Whether ``map`` may put several inputs in one call (see _handles._ChunkedMap)."""
+        """Whether ``map`` may put several inputs in one call (see _mapping._ChunkedMap)."""
         dispatcher = self._dispatcher
         return dispatcher.timeout is None and dispatcher.retries == 0 and dispatcher.max_calls is None
 

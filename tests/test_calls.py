@@ -93,7 +93,7 @@ def test_starmap(pool):
 
 
 def test_map_over_an_endless_generator_is_lazy_and_windowed(pool):
-    from lifepool._handles import _ChunkedMap
+    from lifepool._mapping import _ChunkedMap
 
     consumed = itertools.count()
 
@@ -386,7 +386,7 @@ def test_every_input_of_a_chunk_keeps_its_own_outcome(pool, star):
 
 def map_recording_chunks(pool, fn, inputs) -> tuple[list, list[int]]:
     """``list(pool.map(fn, inputs))`` through a _ChunkedMap, and the size of each chunk it sent."""
-    from lifepool._handles import _ChunkedMap
+    from lifepool._mapping import _ChunkedMap
 
     sizes: list[int] = []
 
@@ -428,7 +428,7 @@ def test_inputs_and_results_in_shared_memory_count_toward_a_chunks_bytes(pool):
 def test_map_cuts_lists_tuples_and_ranges_by_slicing(pool, kind):
     # No element-by-element iteration in the parent; a slice of a range
     # travels as a range (a few bytes), not as its numbers.
-    from lifepool._handles import _ChunkedMap
+    from lifepool._mapping import _ChunkedMap
 
     taken: list = []
     bodies: list[int] = []

@@ -177,7 +177,7 @@ def test_soak_random_crashes_lose_nothing(hookdir):
 
 @pytest.mark.slow
 def test_soak_map_with_random_crashes_gives_every_input_one_outcome(hookdir):
-    from lifepool._handles import _ChunkedMap
+    from lifepool._mapping import _ChunkedMap
 
     rng = random.Random(4321)
     crashes = {i for i in range(20000) if rng.random() < 0.0005}

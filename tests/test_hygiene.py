@@ -65,7 +65,7 @@ def pool():
 
 @pytest.fixture(scope="module")
 def unchunked():
-    # A timeout turns chunking off: map runs one call per input (_handles._results).
+    # A timeout turns chunking off: map runs one call per input (_mapping._results).
     with lifepool.LifecyclePool(Maker, containers=2, timeout=BOUND) as p:
         yield p
 
