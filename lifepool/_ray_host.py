@@ -1,0 +1,217 @@
+"""The Ray actor's side of the Ray backend: ``_Host``, the parent of one container process on its node.
+
+It relays bytes between the driver and the container (see :mod:`lifepool._ray`
+for the whole picture): ``start`` launches the container with the exec start
+method, ``io`` applies the driver's sends in sequence order and waits a moment
+for the reply, ``poll`` is the long poll for everything else, ``kill_child``
+stops the container. It never decodes a frame. ``_Actor`` is the class as a
+Ray actor, with its concurrency groups (here, so that a Ray worker importing
+this module gets the same class the driver made).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import struct
+import threading
+import time
+from typing import Any
+
+import ray
+
+from . import _shmdir, _wire, _worker
+
+_BATCH_BYTES = 64 << 20  # a poll returns at most about this much (the rest comes with the next one)
+_BULK = 64 << 10  # a poll that has read this much is relaying a big frame: it waits for more ...
+_TRICKLE = 0.005  # ... up to this many seconds at a time
+_REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
+_STEP_ASIDE = 0.002  # seconds the poll stays off the socket after an io call's wait
+_IO = struct.Struct("<Qid")  # an io call's head: its seq, a signal to send after its frames (0: none), the wait
+_OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in the container's stream
+
+_UNKNOWN = object()
+
+
+class _Host:
+    """The Ray actor: parent of one container process, relaying bytes between it and the driver.
+
+    Two readers share the container's socket, one at a time (``_reading``):
+    an ``io`` call that asked to wait for the reply, and the long ``poll``,
+    which steps aside while such a waiter is waiting. Every chunk read is
+    returned with its offset in the container's byte stream, so the driver
+    puts the chunks back in order whichever reply Ray delivers first.
+    """
+
+    def __init__(self) -> None:
+        self._started = threading.Event()
+        self._transport: Any = None
+        self._error: BaseException | None = None
+        self._writing = threading.Lock()  # sends apply in seq order, one at a time
+        self._next_seq = 0
+        self._held: dict[int, tuple[memoryview, int]] = {}
+        self._reading = threading.Condition()  # the socket's one reader at a time; the waiter flag
+        self._waiter = False  # an io call is waiting for its reply: poll steps aside
+        self._waited = 0.0  # when the last waiter stopped waiting
+        self._offset = 0  # bytes read from the container so far
+        self._eof = False
+        self._shut = False  # end_reading done (its sentinel fired)
+        self._code: Any = _UNKNOWN  # its exit status once reaped
+
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> tuple[int, bool]:
+        """Start the container on this node (exec start method): its pid, whether it shares the driver's shm."""
+        from . import _launch
+        from ._local import LocalBackend
+
+        shared = _can_open_probe(options.pop("shm_probe", None))
+        options = {**options, "shared_memory": shared}
+        try:
+            # The container inherits this thread's mask: blocked until it has its own policy (see _worker.main).
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                self._transport = LocalBackend(_launch.ExecContext()).start(index, target_blob, options)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            return int(self._transport.pid), shared
+        except BaseException as error:
+            self._error = error
+            raise
+        finally:
+            self._started.set()
+
+    def _ready(self) -> Any:
+        self._started.wait()
+        if self._transport is None:
+            raise RuntimeError(f"the container did not start: {self._error!r}")
+        return self._transport
+
+    def io(self, blob: bytes) -> bytes:
+        """Apply one send: ``_IO`` (seq, signal, wait) then the frames' bytes, in seq order.
+
+        Writes the frames to the container, then sends it the signal (0:
+        none). With wait > 0 and no other io call waiting, waits up to that
+        many seconds for the container to write, and returns what it wrote
+        (its stream offset, ``_OFFSET``, then the bytes; ``b""`` for
+        nothing): a sequential call's result comes back in this reply, one
+        Ray round trip, instead of through the next poll. (One bytes
+        argument and a bytes result: Ray serializes those fastest.)
+        """
+        transport = self._ready()
+        seq, signum, wait = _IO.unpack_from(blob)
+        waiting = False
+        if wait > 0:
+            with self._reading:
+                if not self._waiter and not self._eof:
+                    self._waiter = waiting = True  # (before the write: the reply is this call's to read)
+        try:
+            self._write(transport, seq, memoryview(blob)[_IO.size :], signum)
+            if not waiting:
+                return b""
+            fd = transport.fd
+            readable, _, _ = select.select([fd, transport.sentinel], [], [], wait)
+            with self._reading:
+                waiting = self._waiter = False
+                self._waited = time.monotonic()
+                self._reading.notify_all()
+                if fd not in readable:
+                    return b""
+                data = os.read(fd, _REPLY_BYTES)  # (no one else reads while we wait, so this does not block)
+                if not data:
+                    self._eof = True
+                    return b""
+                offset = self._offset
+                self._offset += len(data)
+            return _OFFSET.pack(offset) + data
+        finally:
+            if waiting:  # (the write or the select failed)
+                with self._reading:
+                    self._waiter = False
+                    self._reading.notify_all()
+
+    def _write(self, transport: Any, seq: int, data: memoryview, signum: int) -> None:
+        with self._writing:
+            self._held[seq] = (data, signum)
+            while self._next_seq in self._held:
+                data, signum = self._held.pop(self._next_seq)
+                self._next_seq += 1
+                try:
+                    if data:
+                        _wire.write_stream(transport.fd, data)
+                    if signum:
+                        transport.interrupt() if signum == _worker.INTERRUPT_SIGNAL else transport._signal(signum)
+                except OSError:
+                    pass  # it is dying: the poll reports its end
+
+    def _take(self, fd: int, limit: int) -> tuple[int, bytes]:
+        """Read what is there (holding ``_reading``): ``(its offset, the bytes)``.
+
+        Never blocks on an empty socket; once a read fills its buffer (a big
+        frame on its way), keeps reading while more comes within
+        ``_TRICKLE`` seconds, so a big result crosses in a few large replies
+        instead of one per socket buffer's worth.
+        """
+        parts: list[bytes] = []
+        size = 0
+        wait = 0.0
+        while size < limit and not self._eof and select.select([fd], [], [], wait)[0]:
+            data = os.read(fd, 1 << 20)
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            size += len(data)
+            wait = _TRICKLE if size >= _BULK else 0.0
+        start, self._offset = self._offset, self._offset + size
+        return start, b"".join(parts)
+
+    def kill_child(self) -> None:
+        if self._transport is not None:
+            self._transport.kill()
+
+    def poll(self, timeout: float) -> tuple[int, bytes, bool, int | None]:
+        """``(offset, bytes the container wrote, whether it has ended, its exit status)``, waiting up to *timeout*."""
+        transport = self._ready()
+        fd, sentinel = transport.fd, transport.sentinel
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._reading:
+                # Step aside while an io call waits, and for a moment after
+                # one (the next call's io comes soon): two readers woken by
+                # the same reply would only fight over it.
+                while self._waiter or time.monotonic() < self._waited + _STEP_ASIDE:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._reading.wait(min(left, _STEP_ASIDE))
+                if not self._waiter:
+                    start, data = self._take(fd, _BATCH_BYTES)
+                    if data:
+                        return start, data, False, None
+                    if self._eof:
+                        if self._code is _UNKNOWN:
+                            self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
+                        return self._offset, b"", True, self._code
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._offset, b"", False, None
+            readable, _, _ = select.select([fd, sentinel], [], [], remaining)
+            if sentinel in readable and not self._shut:
+                self._shut = True
+                _wire.end_reading(fd)  # (what it wrote, then EOF, whoever else holds a copy)
+
+
+def _can_open_probe(name: str | None) -> bool:
+    if name is None or _shmdir.SHM_DIR is None or not name.startswith(_shmdir.PREFIX) or "/" in name:
+        return False
+    try:
+        os.close(os.open(os.path.join(_shmdir.SHM_DIR, name), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)))
+    except OSError:
+        return False
+    return True
+
+
+_Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign, assignment]
+_Host.poll = ray.method(concurrency_group="poll")(_Host.poll)  # type: ignore[method-assign, assignment]
+_Host.kill_child = ray.method(concurrency_group="ctl")(_Host.kill_child)  # type: ignore[method-assign, assignment]
+_Actor = ray.remote(concurrency_groups={"io": 2, "poll": 1, "ctl": 1})(_Host)  # type: ignore[call-overload]
