@@ -8,21 +8,17 @@ the caller's thread, then hands calls and commands to its
 from __future__ import annotations
 
 import concurrent.futures
-import copy as copy_module
-import functools
 import inspect
 import itertools
 import logging
 import os
-import sys
 import threading
-import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypedDict, TypeVar, Unpack, cast, overload
 
-from . import _hooks, _options, _output, _progress, _signals, _wire, _worker
+from . import _hooks, _lifetime, _options, _output, _progress, _signals, _wire, _worker
 from ._backend import Backend
 from ._exceptions import ExitHookError, add_note
 from ._handles import RemoteMethod
@@ -40,9 +36,6 @@ R = TypeVar("R")  # a method's result
 _call_ids = itertools.count(1)
 _pool_names = itertools.count(1)
 
-# Pools whose dispatcher still runs; shut down (waiting) at interpreter exit.
-_live: set[Dispatcher] = set()
-_live_lock = threading.Lock()
 
 
 class PoolOptions(TypedDict, total=False):
@@ -244,16 +237,14 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
                 "environment": environment,
                 "output": output,
             },
-            on_closed=_forget,
+            on_closed=_lifetime.forget,
         )
-        with _live_lock:
-            if dispatcher.state is not PoolState.CLOSED:
-                _live.add(dispatcher)
+        _lifetime.add(dispatcher)
         self._dispatcher = dispatcher
         if handle_sigterm:
-            _signals.install(_any_alive)
+            _signals.install(_lifetime.any_alive)
         # A pool dropped without shutdown still lets its containers exit cleanly.
-        weakref.finalize(self, _abandoned, dispatcher)
+        weakref.finalize(self, _lifetime.abandoned, dispatcher)
 
     def __repr__(self) -> str:
         dispatcher: Dispatcher | None = self.__dict__.get("_dispatcher")
@@ -374,7 +365,7 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         running calls and stops the containers (exit hooks get the
         KeyboardInterrupt), then raises it; a second Ctrl-C kills them at once.
         """
-        request = _stopping(cancel_futures=cancel_futures)
+        request = _lifetime.stopping(cancel_futures=cancel_futures)
         if not wait:
             request(self._dispatcher)
             return
@@ -396,7 +387,7 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         # (a KeyboardInterrupt interrupts them), and every exit hook gets exc.
         # A Ctrl-C while the pool stops is folded into exc (one traceback).
         aborting = isinstance(exc, KeyboardInterrupt)
-        self._stop(_stopping(cancel_futures=True, exit_exc=exc, abort=aborting), aborting=aborting)
+        self._stop(_lifetime.stopping(cancel_futures=True, exit_exc=exc, abort=aborting), aborting=aborting)
         for error in self._take_exit_errors():
             add_note(exc, f"lifepool: while exiting, an exit hook failed too: {type(error).__name__}: {error}")
             logger.error("lifepool pool %r: exit hook failed", self.name, exc_info=error)
@@ -506,10 +497,10 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
         self._dispatcher.control("credit", future, count)
 
     def _stop(self, request: Callable[[Dispatcher], None], *, aborting: bool) -> KeyboardInterrupt | None:
-        """Stop the pool with *request* and wait for its containers to be gone (see _stop_pools)."""
+        """Stop the pool with *request* and wait for its containers to be gone (see _lifetime.stop_pools)."""
         self._refuse_on_own_dispatcher("wait for the pool to stop (use shutdown(wait=False))")
-        interrupt = _stop_pools([self._dispatcher], request, aborting=aborting)
-        if not _live:
+        interrupt = _lifetime.stop_pools([self._dispatcher], request, aborting=aborting)
+        if not _lifetime.any_alive():
             _signals.restore()  # (elsewhere than in the main thread, the handler itself sees to it)
         return interrupt
 
@@ -527,143 +518,6 @@ class LifecyclePool(concurrent.futures.Executor, Generic[T]):
             return []
         self._exit_errors_reported = True
         return list(self._dispatcher.exit_errors)
-
-
-def _abandoned(dispatcher: Dispatcher) -> None:
-    if dispatcher.state is not PoolState.CLOSED:
-        dispatcher.shutdown(False, None, False)
-
-
-def _forget(dispatcher: Dispatcher) -> None:
-    with _live_lock:
-        _live.discard(dispatcher)
-
-
-def _any_alive() -> bool:
-    """Whether a pool is alive; read without _live_lock, for the SIGTERM handler (see _signals.install)."""
-    return bool(_live)
-
-
-def _stopping(
-    *, cancel_futures: bool, exit_exc: BaseException | None = None, abort: bool = False
-) -> Callable[[Dispatcher], None]:
-    """The request that stops a pool: see Dispatcher.shutdown (*exit_exc* is pickled once, when first needed)."""
-    exit_blob = functools.cache(lambda: None if exit_exc is None else _wire.exception_blob(exit_exc))
-    return lambda dispatcher: dispatcher.shutdown(cancel_futures, exit_blob(), abort)
-
-
-def _aborting_on(interrupt: KeyboardInterrupt) -> Callable[[Dispatcher], None]:
-    """The request a first Ctrl-C makes of a stopping pool: abort, and give the exit hooks *interrupt*."""
-    abort = _stopping(cancel_futures=True, exit_exc=_as_if_propagated(interrupt), abort=True)
-
-    def request(dispatcher: Dispatcher) -> None:
-        logger.warning("lifepool pool %r: interrupted; stopping the containers", dispatcher.name)
-        abort(dispatcher)
-
-    return request
-
-
-def _kill_now(dispatcher: Dispatcher) -> None:
-    """The request a second Ctrl-C makes of a stopping pool."""
-    logger.warning("lifepool pool %r: interrupted again; killing the containers now", dispatcher.name)
-    dispatcher.control("kill", "a second interrupt arrived while the pool was stopping")
-
-
-def _stop_pools(
-    dispatchers: list[Dispatcher], request: Callable[[Dispatcher], None], *, aborting: bool
-) -> KeyboardInterrupt | None:
-    """Make *request* of each pool, then wait until all are closed; return the first Ctrl-C that came meanwhile.
-
-    A Ctrl-C (or Terminated) may come at any point, while the requests are
-    made too. The first (unless already *aborting*) turns the stop into an
-    abort: queued calls are cancelled, running calls interrupted, and the exit
-    hooks get the interrupt. The next kills the containers at once. Each new
-    request goes to every pool not yet closed (one that had it already takes
-    it again harmlessly). Either way the wait goes on until the containers are
-    reaped (the kill makes that immediate), so no process is left.
-    """
-    interrupt = None
-    while True:
-        try:
-            for dispatcher in dispatchers:
-                if not dispatcher.closed.is_set():
-                    request(dispatcher)
-            for dispatcher in dispatchers:
-                dispatcher.closed.wait()
-            return interrupt
-        except KeyboardInterrupt as error:
-            interrupt = interrupt or error
-            request = _kill_now if aborting else _aborting_on(error)
-            aborting = True
-
-
-def _at_interpreter_exit() -> None:
-    """Pools left open at exit: stop them like a ``with`` block ending the same way.
-
-    A normal end lets queued and running calls finish; an uncaught exception is
-    passed to the exit hooks (a KeyboardInterrupt, Terminated included, also
-    cancels queued calls and interrupts running ones). A Ctrl-C or SIGTERM
-    while the exit waits is handled as in a ``with`` block (see _stop_pools),
-    and the program then dies by that signal, as it would have had it come
-    before the end: nothing else would raise it (see _signals).
-    """
-    uncaught = _signals.uncaught_exception()
-    aborting = isinstance(uncaught, KeyboardInterrupt)
-    stop = _stopping(cancel_futures=uncaught is not None, exit_exc=uncaught, abort=aborting)
-
-    def request(dispatcher: Dispatcher) -> None:
-        if aborting and dispatcher.aborting:
-            # Already stopping on an interrupt, yet the program is ending on one:
-            # a second Ctrl-C cut that stop short. It means "now".
-            _kill_now(dispatcher)
-        else:
-            stop(dispatcher)
-
-    with _live_lock:
-        dispatchers = list(_live)
-    interrupt = _stop_pools(dispatchers, request, aborting=aborting)
-    for dispatcher in dispatchers:
-        for error in dispatcher.exit_errors:
-            logger.error("lifepool pool %r: exit hook failed", dispatcher.name, exc_info=error)
-    if interrupt is not None:
-        _signals.interrupted_at_exit(interrupt)
-
-
-threading._register_atexit(_at_interpreter_exit)  # type: ignore[attr-defined]  # (before the interpreter's own exit waits)
-
-
-def _after_fork_in_child() -> None:
-    """A child forked while pools are alive (``os.fork``, multiprocessing's "fork").
-
-    The pools and their containers stay the parent's: the child forgets them
-    (see Dispatcher.forget_after_fork), so that its exit neither waits for
-    them nor stops them, and it leaves SIGTERM to its default action.
-    """
-    global _live_lock
-    _live_lock = threading.Lock()
-    dispatchers = list(_live)
-    _live.clear()
-    for dispatcher in dispatchers:
-        dispatcher.forget_after_fork()
-    _signals.restore()  # (the forking thread is the child's main thread)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _as_if_propagated(error: BaseException) -> BaseException:
-    """A copy of *error* whose traceback also has the frames it has yet to unwind through.
-
-    An interrupt caught inside shutdown() has only the frames below the catch;
-    the exit hooks should see the user's line that called shutdown() too.
-    """
-    copy = copy_module.copy(error)
-    tb = error.__traceback__
-    frame = tb.tb_frame.f_back if tb is not None else sys._getframe(1)
-    while frame is not None:
-        tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
-        frame = frame.f_back
-    return copy.with_traceback(tb)
 
 
 def _label(fn: Callable[..., Any]) -> str:

@@ -33,7 +33,7 @@ What lifepool does:
   SIGTERM once everything has been cleaned up, so the process dies by the
   signal (status 143 in a shell) exactly as it would have without lifepool.
   The same hook ends a program by SIGINT or SIGTERM when one of them came
-  while its exit waited for pools left open (``_pool._at_interpreter_exit``
+  while its exit waited for pools left open (``_lifetime._at_interpreter_exit``
   catches that interrupt to stop the pools, so nobody else would).
 """
 
