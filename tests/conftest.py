@@ -92,6 +92,41 @@ def collected(ref) -> bool:
         time.sleep(0.001)  # (lets the dispatcher thread run)
 
 
+def interrupt_each_line(pool, code) -> int:
+    """Make blocking calls on *pool*, each with a KeyboardInterrupt raised on the next line of *code*.
+
+    After each, the pool must still answer a spawned and a blocking call (with
+    one container, an answer lost from the books leaves the next call queued
+    forever: the spawn's timeout catches it). Returns how many calls were
+    interrupted (a line the call did not pass interrupts none).
+    """
+    import sys
+
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno})
+
+    def interrupt_at(line):
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno == line:
+                sys.settrace(None)
+                raise KeyboardInterrupt(f"at line {line}")
+            return local
+
+        return lambda frame, event, arg: local if frame.f_code is code else None
+
+    interrupted = 0
+    for line in lines:
+        sys.settrace(interrupt_at(line))
+        try:
+            pool.echo.call(line)
+        except KeyboardInterrupt:
+            interrupted += 1
+        finally:
+            sys.settrace(None)
+        assert pool.echo.spawn(line).result(timeout=30) == line, f"interrupted at line {line}"
+        assert pool.echo.call(-line) == -line
+    return interrupted
+
+
 @pytest.fixture
 def hookdir(tmp_path: pathlib.Path) -> pathlib.Path:
     directory = tmp_path / "hooks"

@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import assert_gone, markers
+from conftest import assert_gone, interrupt_each_line, markers
 
 import lifepool
 
@@ -383,30 +383,11 @@ def test_a_ctrl_c_on_any_line_of_the_fast_path_leaves_the_pool_whole(tmp_path, s
 
     owner, _, name = step.rpartition(".")
     code = getattr(lifepool.LifecyclePool if owner else Dispatcher, name).__code__
-    lines = sorted({line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno})
-
-    def interrupt_at(line):
-        def local(frame, event, arg):
-            if event == "line" and frame.f_lineno == line:
-                sys.settrace(None)
-                raise KeyboardInterrupt(f"at line {line}")
-            return local
-
-        return lambda frame, event, arg: local if frame.f_code is code else None
+    lines = {line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno}
 
     with lifepool.LifecyclePool(Recorder(tmp_path), containers=1) as pool:
         assert pool.echo.call(0) == 0
-        interrupted = 0
-        for line in lines:
-            sys.settrace(interrupt_at(line))
-            try:
-                pool.echo.call(line)
-            except KeyboardInterrupt:
-                interrupted += 1
-            finally:
-                sys.settrace(None)
-            assert pool.echo.spawn(line).result(timeout=30) == line, f"interrupted at line {line}"
-            assert pool.echo.call(-line) == -line
+        interrupted = interrupt_each_line(pool, code)
         assert interrupted >= len(lines) // 2, (interrupted, len(lines))
 
 

@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import assert_gone, markers
+from conftest import assert_gone, interrupt_each_line, markers
 
 import lifepool
 
@@ -245,29 +245,7 @@ def test_a_ctrl_c_on_any_line_of_the_lent_path_loses_no_answer(tmp_path, ray_ses
     from lifepool._ray import RayTransport
 
     code = getattr(RayTransport, step).__code__
-    lines = sorted({line for _, _, line in code.co_lines() if line is not None and line > code.co_firstlineno})
-
-    def interrupt_at(line):
-        def local(frame, event, arg):
-            if event == "line" and frame.f_lineno == line:
-                sys.settrace(None)
-                raise KeyboardInterrupt(f"at line {line}")
-            return local
-
-        return lambda frame, event, arg: local if frame.f_code is code else None
-
     backend = lifepool.RayBackend(num_cpus=0)
     with lifepool.LifecyclePool(Recorder(tmp_path), containers=1, backend=backend) as pool:
         assert pool.echo.call(0) == 0
-        interrupted = 0
-        for line in lines:
-            sys.settrace(interrupt_at(line))
-            try:
-                pool.echo.call(line)
-            except KeyboardInterrupt:
-                interrupted += 1
-            finally:
-                sys.settrace(None)
-            assert pool.echo.spawn(line).result(timeout=30) == line, f"interrupted at line {line}"
-            assert pool.echo.call(-line) == -line
-        assert interrupted >= 1
+        assert interrupt_each_line(pool, code) >= 1
