@@ -357,13 +357,13 @@ class Forwarder:
         os.close(self._wake_w)
 
 
-def receiving(recv: Callable[[], Any], ready: Callable[[], bool], output: ContainerOutput) -> Callable[[], Any]:
-    """*recv* that drains *output* before handing on a RESULT, ITEM, READY or EXITED frame, once per read.
+def receiving(reader: Any, output: ContainerOutput) -> Callable[[], Any]:
+    """*reader*'s ``recv`` that drains *output* before handing on a RESULT, ITEM, READY or EXITED frame, once per read.
 
     A container writes a frame's output to its pipes before it sends the
     frame, so one drain after a read of the socket covers every frame that
     read brought: a burst of pipelined results costs one ``poll(0)``, not one
-    per result. *ready* says whether the next frame is already read ahead.
+    per result. (The reader, a ``_wire.Reader``, counts its socket reads.)
     """
     from ._wire import ENTER_FAILED, EXITED, ITEM, READY, RESULT
 
@@ -373,17 +373,14 @@ def receiving(recv: Callable[[], Any], ready: Callable[[], bool], output: Contai
     after_output = frozenset((RESULT, ITEM, READY, ENTER_FAILED, EXITED))
 
     drain = output.drain
-    owed = [False]  # a read happened since the last drain
+    recv = reader.recv
+    drained = [reader.reads]  # the reader's count of socket reads at the last drain
 
     def recv_draining() -> Any:
-        if not ready():
-            owed[0] = True  # (this recv reads the socket)
         data = recv()
-        if owed[0]:
-            tag = data[0]
-            if tag in after_output:
-                owed[0] = False
-                drain()
+        if reader.reads != drained[0] and data[0] in after_output:
+            drained[0] = reader.reads
+            drain()
         return data
 
     return recv_draining

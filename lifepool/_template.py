@@ -313,13 +313,12 @@ class TemplateTransport(LocalTransport):
         self.sentinel = sentinel
         self.fd = conn.fileno()
         self.reader = _wire.Reader(self.fd)
+        self.ready = self.reader.ready  # type: ignore[method-assign]  # (once per message: no wrapper)
         self.recv = self.reader.recv  # type: ignore[method-assign]
         self.output = output
         if output is not None:
             output.learn_pid = self._learned_pid  # (a prefix may show the pid; log records carry it)
-            self.recv = _output.receiving(  # type: ignore[method-assign]
-                self.reader.recv, self.reader.ready, output
-            )  # (drains output before results)
+            self.recv = _output.receiving(self.reader, output)  # type: ignore[method-assign]  # (drains output first)
         self._recv = self.recv
         self.recv = self._first_recv  # type: ignore[method-assign]
 

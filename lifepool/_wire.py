@@ -182,12 +182,13 @@ class Reader:
     Not thread-safe: one reader at a time (see the dispatcher's borrowing).
     """
 
-    __slots__ = ("_data", "_pos", "fd")
+    __slots__ = ("_data", "_pos", "fd", "reads")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._data = b""
         self._pos = 0
+        self.reads = 0  # times recv() had to read the socket (a read since a given moment: it changed)
 
     def buffered(self) -> bool:
         """Whether bytes were read ahead (a whole message, or the start of one)."""
@@ -213,6 +214,7 @@ class Reader:
         return self._recv_more()
 
     def _recv_more(self) -> bytes | bytearray:
+        self.reads += 1
         rest = self._data[self._pos :]
         self._data, self._pos = b"", 0
         while len(rest) < 4:
