@@ -125,7 +125,8 @@ class RayTransport(ReaderTransport):
         self._replies: queue.SimpleQueue[tuple[str, concurrent.futures.Future[Any] | None]] = queue.SimpleQueue()
         self._delivering = threading.Lock()  # the socketpair's writer, and the two below
         self._early: dict[int, memoryview] = {}  # bytes that arrived before the bytes in front of them
-        self._written = 0  # bytes of the container's stream written into the socketpair
+        self._written = 0  # bytes of the container's stream written into the socketpair (or being written)
+        self._writing = False  # the bridge is in a blocking write, outside the lock: only it writes
         self._bridge = threading.Thread(target=self._relay, name=f"lifepool-ray-{name}", daemon=True)
         self._bridge.start()
 
@@ -139,9 +140,9 @@ class RayTransport(ReaderTransport):
         if kind == "io" and future.exception() is None and self._delivering.acquire(blocking=False):
             try:
                 self._store(future.result())
-                if self._flush(block=False):
+                if self._flush():
                     return
-                kind = "flush"  # (the socket is full: the bridge writes the rest)
+                kind = "flush"  # (the socket is full, or the bridge writing: it writes the rest)
             except OSError:
                 return  # the driver's end is closed (the pool gave up on it)
             finally:
@@ -155,23 +156,42 @@ class RayTransport(ReaderTransport):
             if offset >= self._written:  # (not delivered twice: see _take_reply)
                 self._early[offset] = memoryview(reply)[_OFFSET.size :]
 
-    def _flush(self, block: bool) -> bool:
-        """Write the kept bytes that are next in the stream (holding ``_delivering``); False if that would block."""
+    def _flush(self) -> bool:
+        """Write the kept bytes that are next in the stream without blocking (holding ``_delivering``).
+
+        False if that would block, or while the bridge is writing (it writes
+        the rest). Nobody blocks while holding ``_delivering``: the bridge's
+        blocking writes (``_write_through``) happen outside it.
+        """
+        if self._writing:
+            return False
         while self._written in self._early:
             chunk = self._early.pop(self._written)
-            if block:
-                self._theirs.sendall(chunk)
-                sent = len(chunk)
-            else:
-                try:
-                    sent = self._theirs.send(chunk, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
+            try:
+                sent = self._theirs.send(chunk, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
             self._written += sent
             if sent < len(chunk):
                 self._early[self._written] = chunk[sent:]
                 return False
         return True
+
+    def _write_through(self) -> None:
+        """On the bridge: write the kept bytes that are next in the stream, blocking on a full socket
+        without holding ``_delivering`` (the socket's reader may be a borrower that needs it)."""
+        while True:
+            with self._delivering:
+                if self._flush():
+                    return
+                chunk = self._early.pop(self._written)  # (what the socket did not take)
+                self._written += len(chunk)  # (claimed: others leave the stream to the bridge meanwhile)
+                self._writing = True
+            try:
+                self._theirs.sendall(chunk)
+            finally:
+                with self._delivering:
+                    self._writing = False
 
     def _relay(self) -> None:
         """Write the actor's replies into the socketpair in stream order; at the end, the sentinel."""
@@ -195,7 +215,7 @@ class RayTransport(ReaderTransport):
                     elif kind == "io" and future.exception() is None:
                         self._store(future.result())
                     # (an io call that failed: the actor died, and its poll says so)
-                    self._flush(block=True)
+                self._write_through()
                 if ended:
                     self.status = code
                     break
@@ -264,10 +284,10 @@ class RayTransport(ReaderTransport):
         stored = flushed = False
         try:
             reply = ray.get(ref, timeout=_REPLY_WAIT + _TAKE_GRACE)
-            with self._delivering:
+            with self._delivering:  # (never held across a blocking write: see _write_through)
                 self._store(reply)
                 stored = True
-                flushed = self._flush(block=False)
+                flushed = self._flush()
         except ray.exceptions.GetTimeoutError:
             pass  # (Ray is slow today: it comes the usual way)
         except ray.exceptions.RayError:

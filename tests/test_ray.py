@@ -195,25 +195,32 @@ def deadline_wait(condition, timeout: float = 60.0) -> None:
 
 @needs_ray
 def test_the_driver_writes_relayed_bytes_in_stream_order_and_never_blocks_a_ray_thread():
-    """Chunks of the container's stream arrive by two routes (io replies, polls) in any order."""
+    """Chunks of the container's stream arrive by two routes (io replies, polls) in any order.
+
+    The bridge's blocking writes hold no lock: while a container is lent, the
+    socket's only reader is the borrower, which takes the lock to store its
+    own reply (a bridge blocked on a full socket while holding it would
+    deadlock them both).
+    """
     import socket
     import threading
+    import time
 
     from lifepool import _ray
 
     relay = _ray.RayTransport.__new__(_ray.RayTransport)  # (the delivery half only: no actor, no bridge)
     relay._delivering = threading.Lock()
-    relay._early, relay._written = {}, 0
+    relay._early, relay._written, relay._writing = {}, 0, False
     relay._ours, relay._theirs = socket.socketpair()
     try:
         relay._theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         relay._store(_ray._OFFSET.pack(3) + b"def")  # (arrived before the bytes in front of it)
-        assert relay._flush(block=False) and relay._written == 0
+        assert relay._flush() and relay._written == 0
         relay._store(_ray._OFFSET.pack(0) + b"abc")
-        assert relay._flush(block=False) and relay._written == 6
+        assert relay._flush() and relay._written == 6
         big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes without a reader
         relay._store(_ray._OFFSET.pack(6) + big)
-        assert not relay._flush(block=False)  # would block: the rest is kept for the bridge
+        assert not relay._flush()  # would block: the rest is kept for the bridge
         kept = relay._written
         assert 6 < kept < 6 + len(big) and list(relay._early) == [kept]
         got = bytearray()
@@ -222,11 +229,24 @@ def test_the_driver_writes_relayed_bytes_in_stream_order_and_never_blocks_a_ray_
             while len(got) < 6 + len(big):
                 got.extend(relay._ours.recv(1 << 16))
 
+        # The bridge's blocking write: it holds no lock while the socket is full,
+        # so whoever reads the socket (a borrower) can still take the lock.
+        bridge = threading.Thread(target=relay._write_through)
+        bridge.start()
+        deadline = time.monotonic() + 30
+        while not relay._writing:
+            assert bridge.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        assert relay._delivering.acquire(timeout=30)
+        try:
+            assert not relay._flush()  # (the bridge is writing: the stream is its own meanwhile)
+        finally:
+            relay._delivering.release()
         reader = threading.Thread(target=read)
         reader.start()
-        relay._flush(block=True)
+        bridge.join(timeout=30)
         reader.join(timeout=30)
-        assert not reader.is_alive()
+        assert not reader.is_alive() and not bridge.is_alive()
         assert bytes(got) == b"abcdef" + big and not relay._early
     finally:
         relay._ours.close()
