@@ -40,7 +40,6 @@ class LocalTransport(ReaderTransport):
         self.sentinel = process.sentinel
         self.fd = conn.fileno()  # written with _wire.send_bytes
         self.reader = _wire.Reader(self.fd)
-        self.ready = self.reader.ready  # type: ignore[method-assign]  # (once per message: no wrapper)
         self.recv = self.reader.recv  # type: ignore[method-assign]  # (the fast path calls it once per call)
         if output is not None:
             output.pid = self.pid

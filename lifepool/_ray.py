@@ -131,22 +131,24 @@ class RayTransport(ReaderTransport):
         self._bridge.start()
 
     def _expect(self, kind: str, ref: Any) -> None:
-        """Have *ref*'s outcome delivered once Ray has it (on a Ray thread, which must never block)."""
+        """Have *ref*'s outcome delivered once Ray has it (on a Ray thread: it never waits on I/O).
+
+        (The lock ``_arrived`` takes is only ever held briefly: see ``_write_through``.)
+        """
         ref.future().add_done_callback(lambda future: self._arrived(kind, future))
 
     def _arrived(self, kind: str, future: concurrent.futures.Future[Any]) -> None:
         """On Ray's thread: an io reply in stream order goes straight into the socketpair if that does
         not block (one thread hop less for a sequential call); everything else goes to the bridge."""
-        if kind == "io" and future.exception() is None and self._delivering.acquire(blocking=False):
+        if kind == "io" and future.exception() is None:
             try:
-                self._store(future.result())
-                if self._flush():
-                    return
+                with self._delivering:  # (held only briefly: see _write_through)
+                    self._store(future.result())
+                    if self._flush():
+                        return
                 kind = "flush"  # (the socket is full, or the bridge writing: it writes the rest)
             except OSError:
                 return  # the driver's end is closed (the pool gave up on it)
-            finally:
-                self._delivering.release()
         self._replies.put((kind, future))
 
     def _store(self, reply: bytes) -> None:

@@ -313,7 +313,6 @@ class TemplateTransport(LocalTransport):
         self.sentinel = sentinel
         self.fd = conn.fileno()
         self.reader = _wire.Reader(self.fd)
-        self.ready = self.reader.ready  # type: ignore[method-assign]  # (once per message: no wrapper)
         self.recv = self.reader.recv  # type: ignore[method-assign]
         self.output = output
         if output is not None:

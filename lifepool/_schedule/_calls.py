@@ -17,7 +17,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from concurrent.futures._base import PENDING as _PENDING
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from ._records import ContainerRecord
 
 _NOT_STARTABLE = (CANCELLED_AND_NOTIFIED, FINISHED)  # Future states set_running_or_notify_cancel refuses
-DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)  # Future.done(), read without taking its lock
 
 
 class _FutureCondition(_thread.RLock):  # type: ignore[misc]  # (final in typeshed; subclassable at run time)

@@ -61,7 +61,7 @@ from typing import Any
 from .. import _wire
 from .._exceptions import add_note
 from .._status import ContainerState, ContainerStatus, PoolState, PoolStatus
-from ._calls import DONE_STATES, Call, DispatcherThread, undecodable
+from ._calls import Call, DispatcherThread, undecodable
 from ._containers import Containers
 from ._lending import Lending
 from ._records import ContainerRecord
@@ -278,7 +278,7 @@ class Dispatcher(Routing, Lending, Containers, Stopping):
             return
         record.calls_done += 1
         self._release_slot(record, call)
-        if call._state in DONE_STATES:  # (call.done() without its lock: only ever set once)
+        if call.done():
             _wire.discard(body)
             if record.kills:
                 record.kills.pop(f"unwind {call_id}", None)  # a timed-out call that did unwind
