@@ -93,6 +93,7 @@ _POLL_SECONDS = 10.0  # a long poll returns at least this often (an idle contain
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
 _REPLY_WAIT = 0.05  # seconds an io call waits for the container's reply (a slower one comes with a poll)
 _TAKE_GRACE = 5.0  # seconds beyond _REPLY_WAIT a borrower waits for an io reply itself
+_END_WAIT = 30.0  # seconds the bridge waits for bytes in front of the stream's end (an io reply Ray delivers late)
 
 
 class RayTransport(ReaderTransport):
@@ -127,6 +128,8 @@ class RayTransport(ReaderTransport):
         self._early: dict[int, memoryview] = {}  # bytes that arrived before the bytes in front of them
         self._written = 0  # bytes of the container's stream written into the socketpair (or being written)
         self._writing = False  # the bridge is in a blocking write, outside the lock: only it writes
+        self._end: int | None = None  # where the stream ends, once a poll said so (the bridge then waits
+        # for io replies still in front of it: Ray may deliver the poll's reply first)
         self._bridge = threading.Thread(target=self._relay, name=f"lifepool-ray-{name}", daemon=True)
         self._bridge.start()
 
@@ -144,9 +147,9 @@ class RayTransport(ReaderTransport):
             try:
                 with self._delivering:  # (held only briefly: see _write_through)
                     self._store(future.result())
-                    if self._flush():
+                    if self._flush() and self._end is None:
                         return
-                kind = "flush"  # (the socket is full, or the bridge writing: it writes the rest)
+                kind = "flush"  # (the socket is full, the bridge writing, or waiting for the stream's end)
             except OSError:
                 return  # the driver's end is closed (the pool gave up on it)
         self._replies.put((kind, future))
@@ -205,8 +208,11 @@ class RayTransport(ReaderTransport):
             for _ in range(2):
                 self._expect("poll", self.actor.poll.remote(_POLL_SECONDS))
             while True:
-                kind, future = self._replies.get()
-                ended = False
+                try:
+                    kind, future = self._replies.get(timeout=None if self._end is None else _END_WAIT)
+                except queue.Empty:
+                    logger.warning("lifepool: the last bytes of a Ray container's stream never came")
+                    break
                 with self._delivering:
                     if future is None:
                         pass  # a flush: bytes a borrower stored (see _take_reply)
@@ -214,14 +220,17 @@ class RayTransport(ReaderTransport):
                         offset, data, ended, code = future.result()
                         if data:
                             self._early[offset] = memoryview(data)
+                        if ended:
+                            self._end, self.status = offset + len(data), code
                     elif kind == "io" and future.exception() is None:
                         self._store(future.result())
                     # (an io call that failed: the actor died, and its poll says so)
                 self._write_through()
-                if ended:
-                    self.status = code
-                    break
-                if kind == "poll":
+                if self._end is not None:
+                    with self._delivering:
+                        if self._written >= self._end:
+                            break  # (else an io reply holds bytes in front of the end: wait for it)
+                elif kind == "poll":
                     self._expect("poll", self.actor.poll.remote(_POLL_SECONDS))
         except ray.exceptions.RayActorError as error:
             logger.warning("lifepool: the Ray actor of a container died: %s", _first_line(error))
@@ -289,7 +298,7 @@ class RayTransport(ReaderTransport):
             with self._delivering:  # (never held across a blocking write: see _write_through)
                 self._store(reply)
                 stored = True
-                flushed = self._flush()
+                flushed = self._flush() and self._end is None  # (else the bridge waits for it: tell it)
         except ray.exceptions.GetTimeoutError:
             pass  # (Ray is slow today: it comes the usual way)
         except ray.exceptions.RayError:

@@ -269,3 +269,96 @@ def test_a_ctrl_c_on_any_line_of_the_lent_path_loses_no_answer(tmp_path, ray_ses
     with lifepool.LifecyclePool(Recorder(tmp_path), containers=1, backend=backend) as pool:
         assert pool.echo.call(0) == 0
         assert interrupt_each_line(pool, code) >= 1
+
+
+class _FakeRef:
+    """Stands in for a Ray ObjectRef: its outcome is a future the test completes."""
+
+    def __init__(self) -> None:
+        import concurrent.futures
+
+        self.outcome: concurrent.futures.Future = concurrent.futures.Future()
+
+    def future(self):
+        return self.outcome
+
+
+class _FakeMethod:
+    def __init__(self) -> None:
+        self.refs: list[_FakeRef] = []
+
+    def remote(self, *args):
+        ref = _FakeRef()
+        self.refs.append(ref)
+        return ref
+
+
+@needs_ray
+def test_the_end_of_the_stream_waits_for_an_io_reply_still_in_front_of_it(monkeypatch):
+    # The container writes its last message (the exit hook's report) and
+    # exits. The actor's io call reads the message and returns it; its poll
+    # then reads EOF and returns "ended at offset N". Ray may deliver the
+    # poll's reply first: the bridge must wait for the bytes in front of N
+    # before it ends the stream, or the report is lost and a clean exit
+    # (code 0) looks like a container that died during its exit hook (a CI
+    # flake on the Ray leg before this was fixed).
+    import queue
+    import select
+    import threading
+    import types
+
+    from lifepool import _ray
+
+    actor = types.SimpleNamespace(poll=_FakeMethod(), io=_FakeMethod())
+    started = _FakeRef()
+    started.outcome.set_result((12345, False))
+    monkeypatch.setattr(_ray.ray, "get", lambda ref, timeout=None: ref.future().result(timeout))
+
+    waiting_again = threading.Event()
+
+    class Replies(queue.SimpleQueue):
+        gets = 0
+
+        def get(self, *args, **kwargs):
+            Replies.gets += 1
+            if Replies.gets == 2:  # (the bridge asks for more after the ended poll)
+                waiting_again.set()
+            return super().get(*args, **kwargs)
+
+    monkeypatch.setattr(_ray.queue, "SimpleQueue", Replies)
+    relay = _ray.RayTransport(actor, started, "fake")
+    try:
+        deadline_wait(lambda: len(actor.poll.refs) == 2, 30)
+        relay.send([b"\x00" * 8])  # (the exit message: its io call waits for the reply)
+        (io,) = actor.io.refs
+        report = b"the exit hook's report"
+        actor.poll.refs[0].outcome.set_result((len(report), b"", True, 0))  # the poll's reply comes first
+        assert _wait_until_either(waiting_again, relay.sentinel, 30)
+        io.outcome.set_result(_ray._OFFSET.pack(0) + report)  # ... then the io reply in front of it
+        got = bytearray()
+        while True:
+            assert select.select([relay.fd], [], [], 30)[0], "the stream neither delivered nor ended"
+            chunk = relay._ours.recv(1 << 16)
+            if not chunk:
+                break
+            got.extend(chunk)
+        assert bytes(got) == report
+        assert select.select([relay.sentinel], [], [], 30)[0]
+    finally:  # (on a failure too: let the bridge end)
+        for ref in actor.poll.refs + actor.io.refs:
+            if not ref.outcome.done():
+                ref.outcome.set_result((0, b"", True, None) if ref in actor.poll.refs else b"")
+        relay._bridge.join(timeout=30)
+        assert relay.reap() == 0
+
+
+def _wait_until_either(event, fd, timeout):
+    """The event is set or *fd* is readable, within *timeout* seconds."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if event.wait(0.01) or select.select([fd], [], [], 0)[0]:
+            return True
+    return False
