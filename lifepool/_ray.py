@@ -45,11 +45,13 @@ Shared memory (``_shm``) is node-local. A container whose actor can open a
 probe file the driver made in its ``/dev/shm`` (same machine, same user)
 shares it: a big argument or result is written once into a segment and
 mapped by the other side, as locally, and only its name crosses Ray (a
-256 MB array no longer makes four copies through frames). Elsewhere the
-container encodes inline, and the driver's transport carries the segments'
-contents inside the frames it sends (``_shm.inlined``); frames over Ray's
-inline limit (100 KiB) travel through Ray's object store as task arguments
-and return values. Until the actor's start reply says which, the transport
+256 MB array no longer makes four copies through frames). Elsewhere (another
+node) the segments themselves are shipped (``_ship``): out-of-band buffers
+of the io call or reply carrying the frame that names them (Ray's object
+store moves them), written back as segments of the same name on the other
+side. Without ``/dev/shm`` on either side, the container encodes inline and
+the driver carries the segments' contents inside the frames it sends
+(``_shm.inlined``). Until the actor's start reply says which, the transport
 sends inline.
 
 Ray's own restarts (``max_restarts``) are not used: a restarted actor would
@@ -75,7 +77,7 @@ import socket
 import threading
 from typing import Any
 
-from . import _shm, _shmdir, _wire, _worker
+from . import _ship, _shm, _shmdir, _wire, _worker
 from ._backend import Backend, ReaderTransport
 
 logger = logging.getLogger("lifepool")
@@ -83,9 +85,7 @@ logger = logging.getLogger("lifepool")
 try:
     import ray
 except ImportError as error:  # pragma: no cover - exercised in a subprocess test without ray
-    raise ImportError(
-        'backend="ray" needs Ray: pip install "lifepool[ray]" (or pip install "ray>=2.9")'
-    ) from error
+    raise ImportError('backend="ray" needs Ray: pip install "lifepool[ray]" (or pip install "ray>=2.9")') from error
 
 from ._ray_host import _IO, _OFFSET, _Actor  # noqa: E402 - after the import of ray above, whose error names the extra
 
@@ -111,6 +111,7 @@ class RayTransport(ReaderTransport):
         self._started = started  # the ref of actor.start(): the container's pid
         self.pid: int | None = None  # (the container's pid is on its node; the container reports it itself)
         self.shared_memory = False  # whether it maps this machine's /dev/shm (known once its actor has started)
+        self._shipping = False  # else, whether segments are shipped to and from its node (see _ship)
         self._ours, self._theirs = socket.socketpair()
         self.messages = self._ours
         self.fd = self._ours.fileno()
@@ -143,8 +144,8 @@ class RayTransport(ReaderTransport):
     def _arrived(self, kind: str, future: concurrent.futures.Future[Any]) -> None:
         """On Ray's thread: an io reply in stream order goes straight into the socketpair if that does
         not block (one thread hop less for a sequential call); everything else goes to the bridge."""
-        if kind == "io" and future.exception() is None:
-            try:
+        if kind == "io" and future.exception() is None and future.result().__class__ is bytes:
+            try:  # (a reply with shipped segments goes to the bridge: writing them takes a while)
                 with self._delivering:  # (held only briefly: see _write_through)
                     self._store(future.result())
                     if self._flush() and self._end is None:
@@ -154,11 +155,20 @@ class RayTransport(ReaderTransport):
                 return  # the driver's end is closed (the pool gave up on it)
         self._replies.put((kind, future))
 
-    def _store(self, reply: bytes) -> None:
-        """Keep an io reply's bytes (holding ``_delivering``) until the bytes in front of them are written."""
+    def _store(self, reply: bytes | tuple[bytes, list[Any]]) -> None:
+        """Keep an io reply's bytes (holding ``_delivering``) until the bytes in front of them are written.
+
+        Segments shipped with them are written now (``_ship``), before any of
+        the bytes of the frames that name them.
+        """
+        shipped = None
+        if isinstance(reply, tuple):
+            reply, shipped = reply
         if reply:
             (offset,) = _OFFSET.unpack_from(reply)
-            if offset >= self._written:  # (not delivered twice: see _take_reply)
+            if offset >= self._written and offset not in self._early:  # (not delivered twice: see _take_reply)
+                if shipped:
+                    _ship.put(_shmdir.SHM_DIR or "", shipped)
                 self._early[offset] = memoryview(reply)[_OFFSET.size :]
 
     def _flush(self) -> bool:
@@ -202,7 +212,7 @@ class RayTransport(ReaderTransport):
         """Write the actor's replies into the socketpair in stream order; at the end, the sentinel."""
         try:
             # (Before any frame: the pool learns the pid with ENTERED, and sends calls after READY.)
-            self.pid, self.shared_memory = ray.get(self._started)
+            self.pid, self.shared_memory, self._shipping = ray.get(self._started)
             # Two polls in flight: when one returns, the next already waits in
             # the actor, so a reply is never held up by a poll's submission.
             for _ in range(2):
@@ -217,7 +227,9 @@ class RayTransport(ReaderTransport):
                     if future is None:
                         pass  # a flush: bytes a borrower stored (see _take_reply)
                     elif kind == "poll":
-                        offset, data, ended, code = future.result()
+                        offset, data, ended, code, shipped = future.result()
+                        if shipped:
+                            _ship.put(_shmdir.SHM_DIR or "", shipped)  # (before the bytes that name them)
                         if data:
                             self._early[offset] = memoryview(data)
                         if ended:
@@ -249,16 +261,25 @@ class RayTransport(ReaderTransport):
             os.write(self._sentinel_w, b"x")
 
     def send(self, frames: list[bytes]) -> None:
-        if not self.shared_memory:
-            frames = [_carried(data) for data in frames]
-        self._io(frames, 0, _REPLY_WAIT)
+        if self.shared_memory:
+            self._io(frames, 0, _REPLY_WAIT)
+        elif self._shipping:  # (another node: the segments travel with the call, see _ship)
+            shipped = _shipped(frames)
+            try:
+                self._io(frames, 0, _REPLY_WAIT, shipped)
+            finally:
+                for _, buffer in shipped:
+                    buffer.release()  # (Ray has copied them: the call is submitted)
+        else:
+            self._io([_carried(data) for data in frames], 0, _REPLY_WAIT)
 
-    def _io(self, frames: list[bytes], signum: int, wait: float) -> None:
+    def _io(self, frames: list[bytes], signum: int, wait: float, shipped: list[Any] | None = None) -> None:
         if self._gone:
             raise BrokenPipeError("the container has gone")
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
-            ref = self.actor.io.remote(_wire.stream(frames, head=_IO.pack(seq, signum, wait)))
+            blob = _wire.stream(frames, head=_IO.pack(seq, signum, wait))
+            ref = self.actor.io.remote(blob, shipped) if shipped else self.actor.io.remote(blob)
         if wait:
             if self._lent and self._owed is None:
                 self._owed = ref  # the borrower takes the reply itself (see recv)
@@ -359,6 +380,16 @@ class RayTransport(ReaderTransport):
         self._theirs.close()
 
 
+def _shipped(frames: list[bytes]) -> list[tuple[str, Any]]:
+    """The segments *frames* name, mapped to ship with them (to a container on another node: ``_ship``)."""
+    shipped: list[tuple[str, Any]] = []
+    for data in frames:
+        names = _ship.names_in(data)  # (a map's chunk nests a message per chunk)
+        if names:
+            shipped += _ship.mapped(_shmdir.SHM_DIR or "", names)
+    return shipped
+
+
 def _carried(data: bytes) -> bytes:
     """A frame for a container without this machine's shared memory: its body's segments carried inside."""
     head = _wire.HEADER.size
@@ -404,6 +435,7 @@ class RayBackend(Backend):
     # inside its frames for a container that cannot map them (another machine).
     shared_memory = True
     _share_memory = True  # (False: every container is treated as remote; tests of that path)
+    _ship_segments = True  # (False: a remote container's segments travel inside frames; tests of that path)
     # An actor no node can place stays pending for ever (Ray's autoscaler only
     # logs it): a closing pool with nothing to run waits this long for it.
     closing_start_wait = 5.0
@@ -473,7 +505,8 @@ class RayBackend(Backend):
         if self.runtime_env is not None:
             actor_options["runtime_env"] = self.runtime_env
         actor = _Actor.options(**actor_options).remote()
-        started = actor.start.remote(index, target_blob, {**options, "shm_probe": self._probe})
+        ship = _shmdir.SHM_DIR is not None and self._ship_segments  # (else: inside the frames, _carried)
+        started = actor.start.remote(index, target_blob, {**options, "shm_probe": self._probe, "ship": ship})
         return RayTransport(actor, started, f"{options['pool_name']}-{index}")
 
     def close(self) -> None:

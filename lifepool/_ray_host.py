@@ -4,7 +4,9 @@ It relays bytes between the driver and the container (see :mod:`lifepool._ray`
 for the whole picture): ``start`` launches the container with the exec start
 method, ``io`` applies the driver's sends in sequence order and waits a moment
 for the reply, ``poll`` is the long poll for everything else, ``kill_child``
-stops the container. It never decodes a frame. ``_Actor`` is the class as a
+stops the container. It never decodes a frame (for a container on another
+node than the driver it reads frames' lengths and shared-memory headers, to
+ship the segments they name: :mod:`lifepool._ship`). ``_Actor`` is the class as a
 Ray actor, with its concurrency groups (here, so that a Ray worker importing
 this module gets the same class the driver made).
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import ray
 
-from . import _shmdir, _wire, _worker
+from . import _ship, _shmdir, _wire, _worker
 
 _BATCH_BYTES = 64 << 20  # a poll returns at most about this much (the rest comes with the next one)
 _BULK = 64 << 10  # a poll that has read this much is relaying a big frame: it waits for more ...
@@ -58,14 +60,23 @@ class _Host:
         self._eof = False
         self._shut = False  # end_reading done (its sentinel fired)
         self._code: Any = _UNKNOWN  # its exit status once reaped
+        self._ship_dir: str | None = None  # the container's segments, shipped to and from the driver (see _ship)
+        self._scanner = _ship.Scanner()
 
-    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> tuple[int, bool]:
-        """Start the container on this node (exec start method): its pid, whether it shares the driver's shm."""
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> tuple[int, bool, bool]:
+        """Start the container on this node (exec start method).
+
+        Returns its pid, whether it shares the driver's ``/dev/shm``, and
+        whether its segments are shipped (it has a directory of its own in
+        this node's: ``_ship``).
+        """
         from . import _launch
         from ._local import LocalBackend
 
         shared = _can_open_probe(options.pop("shm_probe", None))
-        options = {**options, "shared_memory": shared}
+        if options.pop("ship", False) and not shared:
+            self._ship_dir = _ship.make_dir()
+        options = {**options, "shared_memory": shared, "shm_dir": self._ship_dir}
         try:
             # The container inherits this thread's mask: blocked until it has its own policy (see _worker.main).
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -73,9 +84,10 @@ class _Host:
                 self._transport = LocalBackend(_launch.ExecContext()).start(index, target_blob, options)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            return int(self._transport.pid), shared
+            return int(self._transport.pid), shared, self._ship_dir is not None
         except BaseException as error:
             self._error = error
+            _ship.remove_dir(self._ship_dir)
             raise
         finally:
             self._started.set()
@@ -86,7 +98,7 @@ class _Host:
             raise RuntimeError(f"the container did not start: {self._error!r}")
         return self._transport
 
-    def io(self, blob: bytes) -> bytes:
+    def io(self, blob: bytes, shipped: list[tuple[str, Any]] | None = None) -> bytes | tuple[bytes, list[Any]]:
         """Apply one send: ``_IO`` (seq, signal, wait) then the frames' bytes, in seq order.
 
         Writes the frames to the container, then sends it the signal (0:
@@ -96,8 +108,12 @@ class _Host:
         nothing): a sequential call's result comes back in this reply, one
         Ray round trip, instead of through the next poll. (One bytes
         argument and a bytes result: Ray serializes those fastest.)
+        *shipped*: the segments the frames name, written first; a reply
+        whose bytes name segments is ``(reply, their buffers)`` (``_ship``).
         """
         transport = self._ready()
+        if shipped:
+            _ship.put(self._ship_dir or "", shipped)
         seq, signum, wait = _IO.unpack_from(blob)
         waiting = False
         if wait > 0:
@@ -122,7 +138,8 @@ class _Host:
                     return b""
                 offset = self._offset
                 self._offset += len(data)
-            return _OFFSET.pack(offset) + data
+                shipped = self._shipped(data)
+            return (_OFFSET.pack(offset) + data, shipped) if shipped else _OFFSET.pack(offset) + data
         finally:
             if waiting:  # (the write or the select failed)
                 with self._reading:
@@ -165,12 +182,21 @@ class _Host:
         start, self._offset = self._offset, self._offset + size
         return start, b"".join(parts)
 
+    def _shipped(self, data: bytes) -> list[Any]:
+        """The segments named in the frames of *data*, next in the stream (holding ``_reading``), taken to ship."""
+        if self._ship_dir is None:
+            return []
+        names = self._scanner.feed(data)
+        return _ship.taken(self._ship_dir, names) if names else []
+
     def kill_child(self) -> None:
         if self._transport is not None:
             self._transport.kill()
+        _ship.remove_dir(self._ship_dir)  # (before ray.kill, which runs nothing)
 
-    def poll(self, timeout: float) -> tuple[int, bytes, bool, int | None]:
-        """``(offset, bytes the container wrote, whether it has ended, its exit status)``, waiting up to *timeout*."""
+    def poll(self, timeout: float) -> tuple[int, bytes, bool, int | None, list[Any]]:
+        """``(offset, bytes the container wrote, whether it has ended, its exit status, shipped segments)``,
+        waiting up to *timeout*."""
         transport = self._ready()
         fd, sentinel = transport.fd, transport.sentinel
         deadline = time.monotonic() + timeout
@@ -187,14 +213,15 @@ class _Host:
                 if not self._waiter:
                     start, data = self._take(fd, _BATCH_BYTES)
                     if data:
-                        return start, data, False, None
+                        return start, data, False, None, self._shipped(data)
                     if self._eof:
                         if self._code is _UNKNOWN:
                             self._code = transport.reap()  # (the socket closed: it has exited, or is about to)
-                        return self._offset, b"", True, self._code
+                            _ship.remove_dir(self._ship_dir)
+                        return self._offset, b"", True, self._code, []
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return self._offset, b"", False, None
+                    return self._offset, b"", False, None, []
             readable, _, _ = select.select([fd, sentinel], [], [], remaining)
             if sentinel in readable and not self._shut:
                 self._shut = True
@@ -211,7 +238,7 @@ def _can_open_probe(name: str | None) -> bool:
     return True
 
 
-_Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign, assignment]
+_Host.io = ray.method(concurrency_group="io")(_Host.io)  # type: ignore[method-assign]
 _Host.poll = ray.method(concurrency_group="poll")(_Host.poll)  # type: ignore[method-assign, assignment]
 _Host.kill_child = ray.method(concurrency_group="ctl")(_Host.kill_child)  # type: ignore[method-assign, assignment]
 _Actor = ray.remote(concurrency_groups={"io": 2, "poll": 1, "ctl": 1})(_Host)  # type: ignore[call-overload]

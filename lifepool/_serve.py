@@ -252,7 +252,8 @@ class _Worker:
     def resolve(self, body: memoryview) -> tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         # The parent may send this body again (a retry after a crash): keep its
         # shared-memory segments; the parent unlinks them when the call is over.
-        if _wire.has_segments(body):
+        # (Shipped segments are this container's own copy: see _ship.)
+        if _wire.has_segments(body) and not self.options.get("shm_dir"):
             what, args, kwargs = _wire.loads_keeping(body)
         else:
             what, args, kwargs = _wire.loads(body)

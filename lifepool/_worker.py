@@ -289,7 +289,11 @@ def main(
     share_authkey(options.get("authkey"))
     _set_process_name(options["pool_name"], index)
     _shmdir.set_owner(options["parent_pid"])  # shared-memory segments are named after the pool's parent
-    if options.get("shared_memory") is False:
+    if options.get("shm_dir"):
+        # The pool's parent is on another machine (a Ray backend) and our actor
+        # ships the segments of this directory to it and from it (see _ship).
+        _shmdir.SHM_DIR = options["shm_dir"]
+    elif options.get("shared_memory") is False:
         # The pool's parent is on another machine (a Ray backend): its /dev/shm is not ours.
         _shmdir.SHM_DIR = None
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt_signal)

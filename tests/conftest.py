@@ -151,7 +151,8 @@ if importlib.util.find_spec("ray") is not None:
 # 2 cores), so the whole contract on Ray would take as long again as the
 # rest of the suite. It runs every test of these modules, and the tests
 # marked ``on_ray`` elsewhere (crashes, retries, timeouts, Ctrl-C, exit
-# hooks, async); LIFEPOOL_TEST_RAY=all runs every contract test on Ray.
+# hooks, async); LIFEPOOL_TEST_RAY=all runs every contract test on Ray, and
+# LIFEPOOL_TEST_RAY_REMOTE=1 runs them as if each container were on another node.
 RAY_LEG_MODULES = {"test_calls", "test_elastic"}
 
 
@@ -205,7 +206,12 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
         # num_cpus=0: the session's Ray has 2 CPUs and tests make pools of up
         # to 4 containers; the CPUs each actor reserves are not what is tested.
-        monkeypatch.setattr(_options, "DEFAULT_BACKEND", lifepool.RayBackend(num_cpus=0))
+        ray_backend = lifepool.RayBackend(num_cpus=0)
+        if os.environ.get("LIFEPOOL_TEST_RAY_REMOTE") == "1":
+            # Every container treated as on another node (no shared /dev/shm):
+            # the segments are shipped through Ray (lifepool/_ship.py).
+            ray_backend._share_memory = False
+        monkeypatch.setattr(_options, "DEFAULT_BACKEND", ray_backend)
     else:
         monkeypatch.setattr(_options, "DEFAULT_BACKEND", request.param)
     return request.param

@@ -138,15 +138,50 @@ def test_big_arrays_cross_to_a_container_on_this_machine_through_shared_memory(r
     assert _lifepool_segments() - before == set()  # (the probe file too)
 
 
+def _ship_dirs() -> set[str]:
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if name.startswith("lifepool_ship-")}
+
+
 @needs_ray
-def test_big_arrays_cross_to_a_container_elsewhere_inside_the_frames(ray_session):
-    # A container that cannot open the driver's /dev/shm (another machine) gets
-    # the segments' contents in its frames and answers inline.
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_big_arrays_cross_to_a_container_elsewhere_as_shipped_segments(ray_session):
+    # A container that cannot open the driver's /dev/shm (another machine):
+    # the segments themselves travel through Ray (its object store) and are
+    # mapped on the other side, both ways.
     numpy = pytest.importorskip("numpy")
     from targets import Buffers, on_shared_memory
 
     backend = lifepool.RayBackend(num_cpus=0)
     backend._share_memory = False  # (what a container on another node sees: no probe it can open)
+    array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)
+    before, dirs_before = _lifepool_segments(), _ship_dirs()
+    with lifepool.LifecyclePool(Buffers, containers=1, backend=backend) as pool:
+        assert pool.mapped.call(array) is True  # mapped in the container, from its node's own segment
+        out = pool.echo.call(array)
+        assert on_shared_memory(out) and numpy.array_equal(out, array)  # and on the driver, from its own
+        out[0] = -1.0  # (writable, as locally)
+        assert pool.echo.spawn(b"y" * (2 << 20)).result(timeout=60) == b"y" * (2 << 20)
+        assert pool.echo.call("z" * (2 << 20)) == "z" * (2 << 20)
+        assert [a[-1] for a in pool.echo.map([array] * 5)] == [array[-1]] * 5  # (several in one reply)
+        del out
+        assert _lifepool_segments() - before == set()  # every segment decoded or discarded, on both sides
+        assert len(_ship_dirs() - dirs_before) == 1  # the container's directory
+    assert _lifepool_segments() - before == set()
+    assert _ship_dirs() - dirs_before == set()  # removed with its container
+
+
+@needs_ray
+def test_big_arrays_cross_to_a_container_elsewhere_inside_the_frames(ray_session):
+    # Without shipping (a node or driver without /dev/shm), the segments'
+    # contents travel in the frames and the container answers inline.
+    numpy = pytest.importorskip("numpy")
+    from targets import Buffers, on_shared_memory
+
+    backend = lifepool.RayBackend(num_cpus=0)
+    backend._share_memory = False
+    backend._ship_segments = False
     array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)
     before = _lifepool_segments()
     with lifepool.LifecyclePool(Buffers, containers=1, backend=backend) as pool:
@@ -311,7 +346,7 @@ def test_the_end_of_the_stream_waits_for_an_io_reply_still_in_front_of_it(monkey
 
     actor = types.SimpleNamespace(poll=_FakeMethod(), io=_FakeMethod())
     started = _FakeRef()
-    started.outcome.set_result((12345, False))
+    started.outcome.set_result((12345, False, False))
     monkeypatch.setattr(_ray.ray, "get", lambda ref, timeout=None: ref.future().result(timeout))
 
     waiting_again = threading.Event()
@@ -332,7 +367,7 @@ def test_the_end_of_the_stream_waits_for_an_io_reply_still_in_front_of_it(monkey
         relay.send([b"\x00" * 8])  # (the exit message: its io call waits for the reply)
         (io,) = actor.io.refs
         report = b"the exit hook's report"
-        actor.poll.refs[0].outcome.set_result((len(report), b"", True, 0))  # the poll's reply comes first
+        actor.poll.refs[0].outcome.set_result((len(report), b"", True, 0, []))  # the poll's reply comes first
         assert _wait_until_either(waiting_again, relay.sentinel, 30)
         io.outcome.set_result(_ray._OFFSET.pack(0) + report)  # ... then the io reply in front of it
         got = bytearray()
