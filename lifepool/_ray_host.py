@@ -5,8 +5,8 @@ for the whole picture): ``start`` launches the container with the exec start
 method, ``io`` applies the driver's sends in sequence order and waits a moment
 for the reply, ``poll`` is the long poll for everything else, ``kill_child``
 stops the container. It never decodes a frame (for a container on another
-node than the driver it reads frames' lengths and shared-memory headers, to
-ship the segments they name: :mod:`lifepool._ship`). ``_Actor`` is the class as a
+node than the driver it looks for the shared-memory headers of the messages
+it relays, to ship the segments they name: :mod:`lifepool._ship`). ``_Actor`` is the class as a
 Ray actor, with its concurrency groups (here, so that a Ray worker importing
 this module gets the same class the driver made).
 """

@@ -94,28 +94,13 @@ def put(directory: str, shipped: list[tuple[str, object]]) -> None:
     an error logged: the frame naming it then fails to decode, and says so.
     """
     for name, buffer in shipped:
-        path = os.path.join(directory, os.path.basename(name))
-        view = memoryview(buffer)  # type: ignore[arg-type]
-        try:
-            fd = os.open(path, _shmdir._OPEN_NEW, 0o600)
-        except FileExistsError:
-            continue  # (delivered twice)
-        except OSError as error:
-            _log_failure(name, view.nbytes, error)
-            continue
-        try:
+        with memoryview(buffer) as view:  # type: ignore[arg-type]
             try:
-                _shmdir._write_all(fd, view)
-            finally:
-                os.close(fd)
-        except OSError as error:
-            os.unlink(path)
-            _log_failure(name, view.nbytes, error)
-        except BaseException:
-            os.unlink(path)
-            raise
-        finally:
-            view.release()
+                _shmdir._write_new(os.path.join(directory, os.path.basename(name)), view)
+            except FileExistsError:
+                pass  # (delivered twice)
+            except OSError as error:
+                _log_failure(name, view.nbytes, error)
 
 
 def _log_failure(name: str, size: int, error: OSError) -> None:

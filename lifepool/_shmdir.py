@@ -82,26 +82,12 @@ def _create_segment(data: memoryview) -> str | None:
     if directory is None:
         return None
     name = f"{PREFIX}{owner()}-{os.getpid()}-{os.urandom(8).hex()}"
-    path = os.path.join(directory, name)
     try:
-        fd = os.open(path, _OPEN_NEW, 0o600)
-    except OSError as error:
+        _write_new(os.path.join(directory, name), data)
+    except OSError as error:  # ENOSPC: /dev/shm is full (64 MB in a default Docker container)
         failure = error
     else:
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as error:  # ENOSPC: /dev/shm is full (64 MB in a default Docker container)
-            failure = error
-            _unlink(name)
-        except BaseException:
-            _unlink(name)
-            raise
-        else:
-            return name
+        return name
     if not _warned_fallback:
         _warned_fallback = True
         import logging  # (here: a container that never warns does not pay for it)
@@ -110,6 +96,23 @@ def _create_segment(data: memoryview) -> str | None:
             "lifepool: %d bytes travel in-band, no shared memory segment: %s", data.nbytes, failure
         )
     return None
+
+
+def _write_new(path: str, data: memoryview) -> None:
+    """Create the 0600 file *path* (it must not exist) holding *data*; on any failure none is left."""
+    fd = os.open(path, _OPEN_NEW, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
 
 
 def _write_all(fd: int, data: memoryview) -> None:
