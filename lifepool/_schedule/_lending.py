@@ -160,8 +160,11 @@ class Lending(Tables):
         return (False, None) if answer is None else decode_answer(call, record, *answer)
 
     def _give_back(self, record: ContainerRecord) -> None:
-        record.borrowed = False
+        # Taken back first, then off loan: a Ctrl-C in between leaves it borrowed,
+        # and abandon_borrow gives it back again (a transport left lent would
+        # keep a later answer for a borrower that never comes: Ray's).
         _transport(record).lend(False)  # (an answer still owed goes to the messages: the dispatcher reads)
+        record.borrowed = False
         if record.inflight or record.state is not ContainerState.READY:
             # An answer is still due (an interrupted wait), or the container is
             # leaving: the dispatcher reads from here on. An idle container
