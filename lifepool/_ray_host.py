@@ -55,6 +55,7 @@ class _Host:
         self._held: dict[int, tuple[memoryview, int]] = {}
         self._reading = threading.Condition()  # the socket's one reader at a time; the waiter flag
         self._waiter = False  # an io call is waiting for its reply: poll steps aside
+        self._waiter_writing = False  # ... but not while its write is still going (see io)
         self._waited = 0.0  # when the last waiter stopped waiting
         self._offset = 0  # bytes read from the container so far
         self._eof = False
@@ -120,10 +121,16 @@ class _Host:
             with self._reading:
                 if not self._waiter and not self._eof:
                     self._waiter = waiting = True  # (before the write: the reply is this call's to read)
+                    self._waiter_writing = True
         try:
             self._write(transport, seq, memoryview(blob)[_IO.size :], signum)
             if not waiting:
                 return b""
+            with self._reading:
+                # Only now does the poll step aside: a write that blocks (a big
+                # frame, the container busy writing a big result) needs the
+                # poll to drain the container's output meanwhile, or both block.
+                self._waiter_writing = False
             fd = transport.fd
             readable, _, _ = select.select([fd, transport.sentinel], [], [], wait)
             with self._reading:
@@ -143,7 +150,7 @@ class _Host:
         finally:
             if waiting:  # (the write or the select failed)
                 with self._reading:
-                    self._waiter = False
+                    self._waiter = self._waiter_writing = False
                     self._reading.notify_all()
 
     def _write(self, transport: Any, seq: int, data: memoryview, signum: int) -> None:
@@ -189,6 +196,11 @@ class _Host:
         names = self._scanner.feed(data)
         return _ship.taken(self._ship_dir, names) if names else []
 
+    def _stepping_aside(self) -> bool:
+        if self._waiter:
+            return not self._waiter_writing
+        return time.monotonic() < self._waited + _STEP_ASIDE
+
     def kill_child(self) -> None:
         if self._transport is not None:
             self._transport.kill()
@@ -205,12 +217,12 @@ class _Host:
                 # Step aside while an io call waits, and for a moment after
                 # one (the next call's io comes soon): two readers woken by
                 # the same reply would only fight over it.
-                while self._waiter or time.monotonic() < self._waited + _STEP_ASIDE:
+                while self._stepping_aside():
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._reading.wait(min(left, _STEP_ASIDE))
-                if not self._waiter:
+                if not self._waiter or self._waiter_writing:
                     start, data = self._take(fd, _BATCH_BYTES)
                     if data:
                         return start, data, False, None, self._shipped(data)

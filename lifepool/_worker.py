@@ -246,7 +246,7 @@ def _leave_when_orphaned(options: dict[str, Any]) -> None:
     _state.orphan_kill_armed = True
 
     def leave() -> None:
-        _shmdir.sweep(options["parent_pid"])
+        _sweep_orphaned(options)
         _leave(1)
 
     timer = threading.Timer(options["exit_grace_period"], leave)
@@ -340,8 +340,21 @@ def main(
     except OSError:
         pass
     if isinstance(exit_exc, ParentExitedError):
-        _shmdir.sweep(options["parent_pid"])  # nobody is left to decode or discard what is in flight
+        _sweep_orphaned(options)
     _finish(0, options["exit_grace_period"])
+
+
+def _sweep_orphaned(options: dict[str, Any]) -> None:
+    """The parent is gone: nobody is left to decode or discard the segments in flight, so they go.
+
+    A Ray container shipping its segments (``_ship``) removes its directory
+    too: its actor, which would have, is what died.
+    """
+    _shmdir.sweep(options["parent_pid"])
+    if options.get("shm_dir"):
+        from . import _ship
+
+        _ship.remove_dir(options["shm_dir"])
 
 
 def _finish(code: int, grace: float) -> None:

@@ -85,13 +85,19 @@ def test_start_method_is_refused_with_the_ray_backend():
 
 
 @needs_ray
-def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir, ray_session):
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-node", "other-node"])
+def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir, ray_session, elsewhere):
     from targets import Fragile
 
     started = hookdir / "started"
     backend = lifepool.RayBackend(num_cpus=0)
+    if elsewhere:
+        backend._share_memory = False  # (its segments shipped, through a directory of its own: see _ship)
+    dirs_before = _ship_dirs()
     with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=backend) as pool:
         first = pool.pid.call()
+        first_dirs = _ship_dirs() - dirs_before
+        assert len(first_dirs) == (1 if elsewhere and os.path.isdir("/dev/shm") else 0)
         future = pool.sleep.spawn(60, str(started))
         deadline_wait(started.exists)
         # SIGKILL the actor's process (the container's parent), as the OOM killer or a lost node would.
@@ -105,6 +111,7 @@ def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir,
         # The container saw its parent (the actor) go: its exit hook ran, with ParentExitedError.
         deadline_wait(lambda: first in markers(hookdir, "exit"))
         assert markers(hookdir, "exit")[first] == "ParentExitedError"
+        deadline_wait(lambda: not (first_dirs & _ship_dirs()))  # the orphan removed its actor's directory
         second = pool.pid.call()  # a replacement entered
         assert second != first
     assert set(markers(hookdir, "enter")) == {first, second}
@@ -190,6 +197,8 @@ def test_big_arrays_cross_to_a_container_elsewhere_inside_the_frames(ray_session
         assert not on_shared_memory(out) and numpy.array_equal(out, array)
         assert pool.echo.spawn(b"y" * (2 << 20)).result(timeout=60) == b"y" * (2 << 20)
         assert pool.echo.call("z" * (2 << 20)) == "z" * (2 << 20)
+        # (a chunk of map is one message, its inputs inside; its results come back nested, inline)
+        assert [a[-1] for a in pool.echo.map([array] * 5)] == [array[-1]] * 5
         assert _lifepool_segments() - before == set()  # the driver discarded its copies; the container made none
     assert _lifepool_segments() - before == set()
 
