@@ -30,6 +30,7 @@ _BULK = 64 << 10  # a poll that has read this much is relaying a big frame: it w
 _TRICKLE = 0.005  # ... up to this many seconds at a time
 _REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
 _STEP_ASIDE = 0.002  # seconds the poll stays off the socket after an io call's wait
+_WRITE_STUCK = 0.01  # seconds a waiting io call's write may take before the poll drains the container (see io)
 _IO = struct.Struct("<Qid")  # an io call's head: its seq, a signal to send after its frames (0: none), the wait
 _OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in the container's stream
 
@@ -55,7 +56,8 @@ class _Host:
         self._held: dict[int, tuple[memoryview, int]] = {}
         self._reading = threading.Condition()  # the socket's one reader at a time; the waiter flag
         self._waiter = False  # an io call is waiting for its reply: poll steps aside
-        self._waiter_writing = False  # ... but not while its write is still going (see io)
+        self._waiter_writing = False  # ... but not once its write has gone on for _WRITE_STUCK (see io)
+        self._write_started = 0.0
         self._waited = 0.0  # when the last waiter stopped waiting
         self._offset = 0  # bytes read from the container so far
         self._eof = False
@@ -121,15 +123,16 @@ class _Host:
             with self._reading:
                 if not self._waiter and not self._eof:
                     self._waiter = waiting = True  # (before the write: the reply is this call's to read)
-                    self._waiter_writing = True
+                    self._waiter_writing, self._write_started = True, time.monotonic()
         try:
             self._write(transport, seq, memoryview(blob)[_IO.size :], signum)
             if not waiting:
                 return b""
             with self._reading:
-                # Only now does the poll step aside: a write that blocks (a big
-                # frame, the container busy writing a big result) needs the
-                # poll to drain the container's output meanwhile, or both block.
+                # A write that blocks (a big frame, the container busy writing
+                # a big result) needs the poll to drain the container's output
+                # meanwhile, or both block: the poll steps aside only from here
+                # on, or while the write is quick (a small call's: no extra wake).
                 self._waiter_writing = False
             fd = transport.fd
             readable, _, _ = select.select([fd, transport.sentinel], [], [], wait)
@@ -198,8 +201,11 @@ class _Host:
 
     def _stepping_aside(self) -> bool:
         if self._waiter:
-            return not self._waiter_writing
+            return not self._write_stuck()
         return time.monotonic() < self._waited + _STEP_ASIDE
+
+    def _write_stuck(self) -> bool:
+        return self._waiter_writing and time.monotonic() >= self._write_started + _WRITE_STUCK
 
     def kill_child(self) -> None:
         if self._transport is not None:
@@ -222,7 +228,7 @@ class _Host:
                     if left <= 0:
                         break
                     self._reading.wait(min(left, _STEP_ASIDE))
-                if not self._waiter or self._waiter_writing:
+                if not self._waiter or self._write_stuck():
                     start, data = self._take(fd, _BATCH_BYTES)
                     if data:
                         return start, data, False, None, self._shipped(data)
