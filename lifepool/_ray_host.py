@@ -56,8 +56,7 @@ class _Host:
         self._held: dict[int, tuple[memoryview, int]] = {}
         self._reading = threading.Condition()  # the socket's one reader at a time; the waiter flag
         self._waiter = False  # an io call is waiting for its reply: poll steps aside
-        self._waiter_writing = False  # ... but not once its write has gone on for _WRITE_STUCK (see io)
-        self._write_started = 0.0
+        self._writing_since: float | None = None  # ... but not once its write has gone on for _WRITE_STUCK (see io)
         self._waited = 0.0  # when the last waiter stopped waiting
         self._offset = 0  # bytes read from the container so far
         self._eof = False
@@ -123,7 +122,7 @@ class _Host:
             with self._reading:
                 if not self._waiter and not self._eof:
                     self._waiter = waiting = True  # (before the write: the reply is this call's to read)
-                    self._waiter_writing, self._write_started = True, time.monotonic()
+                    self._writing_since = time.monotonic()
         try:
             self._write(transport, seq, memoryview(blob)[_IO.size :], signum)
             if not waiting:
@@ -133,7 +132,7 @@ class _Host:
                 # a big result) needs the poll to drain the container's output
                 # meanwhile, or both block: the poll steps aside only from here
                 # on, or while the write is quick (a small call's: no extra wake).
-                self._waiter_writing = False
+                self._writing_since = None
             fd = transport.fd
             readable, _, _ = select.select([fd, transport.sentinel], [], [], wait)
             with self._reading:
@@ -153,7 +152,7 @@ class _Host:
         finally:
             if waiting:  # (the write or the select failed)
                 with self._reading:
-                    self._waiter = self._waiter_writing = False
+                    self._waiter, self._writing_since = False, None
                     self._reading.notify_all()
 
     def _write(self, transport: Any, seq: int, data: memoryview, signum: int) -> None:
@@ -205,7 +204,7 @@ class _Host:
         return time.monotonic() < self._waited + _STEP_ASIDE
 
     def _write_stuck(self) -> bool:
-        return self._waiter_writing and time.monotonic() >= self._write_started + _WRITE_STUCK
+        return self._writing_since is not None and time.monotonic() >= self._writing_since + _WRITE_STUCK
 
     def kill_child(self) -> None:
         if self._transport is not None:
