@@ -236,7 +236,9 @@ class RayTransport(ReaderTransport):
                             self._end, self.status = offset + len(data), code
                     elif kind == "io" and future.exception() is None:
                         self._store(future.result())
-                    # (an io call that failed: the actor died, and its poll says so)
+                failed = future.exception() if kind == "io" and future is not None else None
+                if failed is not None:
+                    self._io_failed(failed)
                 self._write_through()
                 if self._end is not None:
                     with self._delivering:
@@ -322,14 +324,25 @@ class RayTransport(ReaderTransport):
                 flushed = self._flush() and self._end is None  # (else the bridge waits for it: tell it)
         except ray.exceptions.GetTimeoutError:
             pass  # (Ray is slow today: it comes the usual way)
-        except ray.exceptions.RayError:
-            stored = flushed = True  # the actor died: its poll says so
+        except ray.exceptions.RayError as error:
+            stored = flushed = True
+            self._io_failed(error)
         finally:
             if not stored:
                 self._expect("io", ref)
             self._owed = None
             if not flushed:
                 self._replies.put(("flush", None))  # (the socket is full: the bridge writes the rest)
+
+    def _io_failed(self, error: BaseException) -> None:
+        """An io call failed. The actor died: its poll says so. Anything else (the relay itself failed,
+        the actor unreachable) may have lost bytes of the stream, so the container is lost: kill it."""
+        if isinstance(error, ray.exceptions.RayActorError) and not isinstance(
+            error, ray.exceptions.ActorUnavailableError
+        ):
+            return
+        logger.error("lifepool: a call could not reach its Ray container, which is stopped: %s", _first_line(error))
+        self.kill()
 
     def poll(self) -> bool:
         readable, _, _ = select.select([self.fd], [], [], 0)

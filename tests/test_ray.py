@@ -119,6 +119,42 @@ def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir,
     assert_gone([first, second])
 
 
+@needs_ray
+@pytest.mark.parametrize("lent", [True, False], ids=["blocking-call", "spawned-call"])
+def test_a_call_whose_relay_fails_in_the_actor_fails_as_a_crash_and_the_container_is_replaced(
+    hookdir, ray_session, monkeypatch, lent
+):
+    # An io call that raises in the actor (not an actor death: its poll never
+    # reports one) may have lost bytes of the stream; before this was handled,
+    # the call and the pool's close waited for ever. A shipped segment that is
+    # not a buffer makes the relay fail deterministically, before it writes.
+    from targets import Fragile
+
+    from lifepool import _ray
+
+    send = _ray.RayTransport._io
+
+    class Broken:
+        armed = False
+
+    def io(self, frames, signum, wait, shipped=None):
+        if Broken.armed and frames:
+            Broken.armed = False
+            shipped = [("not-a-buffer", 0)]
+        return send(self, frames, signum, wait, shipped)
+
+    monkeypatch.setattr(_ray.RayTransport, "_io", io)
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+        first = pool.pid.call()
+        Broken.armed = True
+        with pytest.raises(lifepool.ContainerCrashedError) as crash:
+            pool.echo.call(1) if lent else pool.echo.spawn(1).result(timeout=60)
+        assert "container 0" in str(crash.value)
+        assert pool.echo.spawn(2).result(timeout=60) == 2  # a replacement entered
+        assert pool.pid.call() != first
+    assert_gone([first])
+
+
 def _lifepool_segments() -> set[str]:
     if not os.path.isdir("/dev/shm"):
         return set()
