@@ -138,8 +138,8 @@ class _Host:
             with self._reading:
                 waiting = self._waiter = False
                 self._waited = time.monotonic()
-                self._reading.notify_all()
                 if fd not in readable:
+                    self._reading.notify_all()  # (the reply comes through the poll: no need to wait for it)
                     return b""
                 data = os.read(fd, _REPLY_BYTES)  # (no one else reads while we wait, so this does not block)
                 if not data:
@@ -198,10 +198,18 @@ class _Host:
         names = self._scanner.feed(data)
         return _ship.taken(self._ship_dir, names) if names else []
 
-    def _stepping_aside(self) -> bool:
-        if self._waiter:
-            return not self._write_stuck()
-        return time.monotonic() < self._waited + _STEP_ASIDE
+    def _aside_for(self) -> float:
+        """How long the poll stays off the socket from now (0: it may read).
+
+        It sleeps on its own timer, not woken by each io call's end: a wake
+        per call would take the GIL just as that call returns its reply.
+        """
+        now = time.monotonic()
+        if not self._waiter:
+            return max(self._waited + _STEP_ASIDE - now, 0.0)
+        if self._writing_since is None:
+            return _STEP_ASIDE  # (its select: it wakes the poll if it ends without the reply)
+        return max(self._writing_since + _WRITE_STUCK - now, 0.0)
 
     def _write_stuck(self) -> bool:
         return self._writing_since is not None and time.monotonic() >= self._writing_since + _WRITE_STUCK
@@ -222,11 +230,11 @@ class _Host:
                 # Step aside while an io call waits, and for a moment after
                 # one (the next call's io comes soon): two readers woken by
                 # the same reply would only fight over it.
-                while self._stepping_aside():
+                while (aside := self._aside_for()) > 0:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._reading.wait(min(left, _STEP_ASIDE))
+                    self._reading.wait(min(left, aside))
                 if not self._waiter or self._write_stuck():
                     start, data = self._take(fd, _BATCH_BYTES)
                     if data:
