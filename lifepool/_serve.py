@@ -249,6 +249,17 @@ class _Worker:
             )
         return self._threads
 
+    def drop_shipped(self, body: memoryview) -> None:
+        """A call not run: the segments shipped with it (this container's own copies, see _ship) go.
+
+        (The parent's own segments stay: it unlinks them when the call is over.)
+        """
+        if self.options.get("shm_dir"):
+            from . import _ship, _shmdir
+
+            for name in _ship.names_in(bytes(body)):  # (a map's chunk nests a message per input)
+                _shmdir._unlink(name)
+
     def resolve(self, body: memoryview) -> tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         # The parent may send this body again (a retry after a crash): keep its
         # shared-memory segments; the parent unlinks them when the call is over.
@@ -448,9 +459,11 @@ class _Worker:
         self._stashed_calls.discard(call_id)
         if call_id in self._returned:  # given back to the parent unstarted
             self._returned.discard(call_id)
+            self.drop_shipped(body)
             return None
         if call_id in self._revoked:  # interrupted while it waited in the pipe
             self._revoked.discard(call_id)
+            self.drop_shipped(body)
             self._skipped.add(call_id)
             self.send_result(call_id, False, KeyboardInterrupt("interrupted before it ran in this container"))
             return None

@@ -565,7 +565,7 @@ class Ahead:
         wait_for_path(release)
         os._exit(3)
 
-    def run(self, directory: str, i: int) -> int:
+    def run(self, directory: str, i: int, payload: object = None) -> int:
         pathlib.Path(directory, f"ran-{i}").touch()
         return i
 

@@ -215,6 +215,103 @@ def test_big_arrays_cross_to_a_container_elsewhere_as_shipped_segments(ray_sessi
     assert _ship_dirs() - dirs_before == set()  # removed with its container
 
 
+class _IoCalls:
+    """Records the io calls a Ray transport submits from now on, to wait until its actor applied them."""
+
+    def __init__(self, transport) -> None:
+        self.refs: list = []
+        self.transport, self.actor = transport, transport.actor
+        actor, refs = transport.actor, self.refs
+
+        class Io:
+            def remote(self, *args):
+                ref = actor.io.remote(*args)
+                refs.append(ref)
+                return ref
+
+        class Actor:
+            io = Io()
+
+            def __getattr__(self, name):
+                return getattr(actor, name)
+
+        transport.actor = Actor()
+
+    def wait_applied(self) -> None:
+        import ray
+
+        self.transport.actor = self.actor  # (ray.kill needs the real handle)
+        assert self.refs, "nothing was sent"
+        ray.get(self.refs, timeout=60)  # (an io call returns once its frames and signal are applied)
+
+
+@needs_ray
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_a_call_sent_ahead_and_interrupted_leaves_none_of_its_shipped_segments(hookdir, ray_session):
+    # A call waiting in a busy container's pipe, interrupted, is never decoded:
+    # the copies of its segments shipped to the container's node must go anyway.
+    from targets import Ahead, wait_for_path
+
+    from lifepool._schedule._tables import DEEP_AHEAD, SEND_AHEAD
+
+    backend = lifepool.RayBackend(num_cpus=0)
+    backend._share_memory = False
+    dirs_before = _ship_dirs()
+    with lifepool.LifecyclePool(Ahead, containers=1, backend=backend) as pool:
+        release, started = hookdir / "release", hookdir / "started"
+        first = pool.block.spawn(str(release), str(started))
+        wait_for_path(started)
+        (ship_dir,) = _ship_dirs() - dirs_before
+        payload = b"y" * (2 << 20)  # (big: a segment of its own)
+        count = 3 * SEND_AHEAD
+        rest = [pool.run.spawn(str(hookdir), i, payload) for i in range(count)]
+        dispatcher = pool._dispatcher
+        ahead = min(count // 2, DEEP_AHEAD)  # (see test_ahead)
+        deadline_wait(lambda: dispatcher.slots[0].load[None] - 1 == ahead)
+        victim = rest[2]  # sent ahead: in the container's pipe
+        assert victim.running()
+        sent = _IoCalls(dispatcher.slots[0].transport)
+        pool._abandon([victim], interrupt=True)  # what a Ctrl-C on victim.result() does
+        deadline_wait(lambda: not dispatcher.commands)
+        with dispatcher._lock:  # (the interrupt is sent: held while it carries out a command)
+            pass
+        sent.wait_applied()  # (on Ray, "sent" is "submitted": the release must not overtake it)
+        release.touch()
+        assert first.result(timeout=60) == "released"
+        with pytest.raises(KeyboardInterrupt):
+            victim.result(timeout=60)
+        assert [f.result(timeout=60) for f in rest if f is not victim] == [i for i in range(count) if i != 2]
+        assert not (hookdir / "ran-2").exists()
+        assert os.listdir(os.path.join("/dev/shm", ship_dir)) == []
+
+
+@needs_ray
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_calls_given_back_unstarted_leave_none_of_their_shipped_segments(hookdir, ray_session):
+    # Calls sent ahead to a container stuck in a long call are asked back
+    # (REVOKE) and run on the idle one; the stuck one skips them once free,
+    # and must drop the copies of their segments shipped to it.
+    from targets import Ahead, wait_for_path
+
+    from lifepool._schedule._tables import SEND_AHEAD
+
+    backend = lifepool.RayBackend(num_cpus=0)
+    backend._share_memory = False
+    dirs_before = _ship_dirs()
+    with lifepool.LifecyclePool(Ahead, containers=2, backend=backend) as pool:
+        release, started = hookdir / "release", hookdir / "started"
+        first = pool.block.spawn(str(release), str(started))
+        wait_for_path(started)
+        payload = b"y" * (2 << 20)
+        rest = [pool.run.spawn(str(hookdir), i, payload) for i in range(3 * SEND_AHEAD * 2)]
+        assert [f.result(timeout=60) for f in rest] == list(range(len(rest)))
+        release.touch()
+        assert first.result(timeout=60) == "released"
+        dirs = _ship_dirs() - dirs_before
+        assert len(dirs) == 2
+        deadline_wait(lambda: not any(os.listdir(os.path.join("/dev/shm", d)) for d in dirs), 30)
+
+
 @needs_ray
 def test_big_arrays_cross_to_a_container_elsewhere_inside_the_frames(ray_session):
     # Without shipping (a node or driver without /dev/shm), the segments'
