@@ -6,6 +6,7 @@ and runs on the session's local Ray (see conftest.ray_session).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -215,6 +216,21 @@ def test_big_arrays_cross_to_a_container_elsewhere_as_shipped_segments(ray_sessi
     assert _ship_dirs() - dirs_before == set()  # removed with its container
 
 
+@contextlib.contextmanager
+def _one_busy_shipping(hookdir, containers: int):
+    """An ``Ahead`` pool whose containers ship their segments (as on another node), one of them busy in
+    ``block``: yields the pool, that call's future, and the file that releases it."""
+    from targets import Ahead, wait_for_path
+
+    backend = lifepool.RayBackend(num_cpus=0)
+    backend._share_memory = False
+    with lifepool.LifecyclePool(Ahead, containers=containers, backend=backend) as pool:
+        release, started = hookdir / "release", hookdir / "started"
+        first = pool.block.spawn(str(release), str(started))
+        wait_for_path(started)
+        yield pool, first, release
+
+
 class _IoCalls:
     """Records the io calls a Ray transport submits from now on, to wait until its actor applied them."""
 
@@ -250,17 +266,10 @@ class _IoCalls:
 def test_a_call_sent_ahead_and_interrupted_leaves_none_of_its_shipped_segments(hookdir, ray_session):
     # A call waiting in a busy container's pipe, interrupted, is never decoded:
     # the copies of its segments shipped to the container's node must go anyway.
-    from targets import Ahead, wait_for_path
-
     from lifepool._schedule._tables import DEEP_AHEAD, SEND_AHEAD
 
-    backend = lifepool.RayBackend(num_cpus=0)
-    backend._share_memory = False
     dirs_before = _ship_dirs()
-    with lifepool.LifecyclePool(Ahead, containers=1, backend=backend) as pool:
-        release, started = hookdir / "release", hookdir / "started"
-        first = pool.block.spawn(str(release), str(started))
-        wait_for_path(started)
+    with _one_busy_shipping(hookdir, containers=1) as (pool, first, release):
         (ship_dir,) = _ship_dirs() - dirs_before
         payload = b"y" * (2 << 20)  # (big: a segment of its own)
         count = 3 * SEND_AHEAD
@@ -291,17 +300,10 @@ def test_calls_given_back_unstarted_leave_none_of_their_shipped_segments(hookdir
     # Calls sent ahead to a container stuck in a long call are asked back
     # (REVOKE) and run on the idle one; the stuck one skips them once free,
     # and must drop the copies of their segments shipped to it.
-    from targets import Ahead, wait_for_path
-
     from lifepool._schedule._tables import SEND_AHEAD
 
-    backend = lifepool.RayBackend(num_cpus=0)
-    backend._share_memory = False
     dirs_before = _ship_dirs()
-    with lifepool.LifecyclePool(Ahead, containers=2, backend=backend) as pool:
-        release, started = hookdir / "release", hookdir / "started"
-        first = pool.block.spawn(str(release), str(started))
-        wait_for_path(started)
+    with _one_busy_shipping(hookdir, containers=2) as (pool, first, release):
         payload = b"y" * (2 << 20)
         rest = [pool.run.spawn(str(hookdir), i, payload) for i in range(3 * SEND_AHEAD * 2)]
         assert [f.result(timeout=60) for f in rest] == list(range(len(rest)))
