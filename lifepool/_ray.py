@@ -223,6 +223,7 @@ class RayTransport(ReaderTransport):
                 except queue.Empty:
                     logger.warning("lifepool: the last bytes of a Ray container's stream never came")
                     break
+                failed = None
                 with self._delivering:
                     if future is None:
                         pass  # a flush: bytes a borrower stored (see _take_reply)
@@ -234,10 +235,11 @@ class RayTransport(ReaderTransport):
                             self._early[offset] = memoryview(data)
                         if ended:
                             self._end, self.status = offset + len(data), code
-                    elif kind == "io" and future.exception() is None:
-                        self._store(future.result())
-                failed = future.exception() if kind == "io" and future is not None else None
-                if failed is not None:
+                    elif kind == "io":
+                        failed = future.exception()
+                        if failed is None:
+                            self._store(future.result())
+                if failed is not None:  # (outside the lock: it submits the kill)
                     self._io_failed(failed)
                 self._write_through()
                 if self._end is not None:
