@@ -74,6 +74,7 @@ import queue
 import secrets
 import select
 import socket
+import struct
 import threading
 from typing import Any
 
@@ -93,6 +94,8 @@ _POLL_SECONDS = 10.0  # a long poll returns at least this often (an idle contain
 _KILL_WAIT = 10.0  # seconds kill() waits for the actor to SIGKILL its container before ray.kill
 _REPLY_WAIT = 0.05  # seconds an io call waits for the container's reply (a slower one comes with a poll)
 _TAKE_GRACE = 5.0  # seconds beyond _REPLY_WAIT a borrower waits for an io reply itself
+_HANDOVER_WAIT = 10.0  # seconds the hand-over of a container's channel may take (see _hand_over)
+_CREDENTIALS = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 _END_WAIT = 30.0  # seconds the bridge waits for bytes in front of the stream's end (an io reply Ray delivers late)
 
 
@@ -106,9 +109,14 @@ class RayTransport(ReaderTransport):
     thread, so no Ray thread ever blocks on a full socket.
     """
 
-    def __init__(self, actor: Any, started: Any, name: str) -> None:
+    def __init__(self, actor: Any, started: Any, name: str, rendezvous: socket.socket | None = None) -> None:
         self.actor = actor
         self._started = started  # the ref of actor.start(): the container's pid
+        self._rendezvous = rendezvous  # where an actor on this machine takes the container's channel (see _hand_over)
+        # "relay": frames cross Ray (io, poll); "direct": the container has the socketpair's other end;
+        # "undecided" until the start reply says which (sends wait in _pending meanwhile).
+        self._mode = "relay" if rendezvous is None else "undecided"
+        self._pending: list[tuple[list[bytes], int]] = []
         self.pid: int | None = None  # (the container's pid is on its node; the container reports it itself)
         self.shared_memory = False  # whether it maps this machine's /dev/shm (known once its actor has started)
         self._shipping = False  # else, whether segments are shipped to and from its node (see _ship)
@@ -211,11 +219,15 @@ class RayTransport(ReaderTransport):
     def _relay(self) -> None:
         """Write the actor's replies into the socketpair in stream order; at the end, the sentinel."""
         try:
+            if self._rendezvous is not None:
+                self._hand_over(self._rendezvous)
             # (Before any frame: the pool learns the pid with ENTERED, and sends calls after READY.)
-            self.pid, self.shared_memory, self._shipping = ray.get(self._started)
+            self.pid, self.shared_memory, self._shipping, direct = ray.get(self._started)
+            if self._rendezvous is not None:
+                self._decide("direct" if direct else "relay")
             # Two polls in flight: when one returns, the next already waits in
             # the actor, so a reply is never held up by a poll's submission.
-            for _ in range(2):
+            for _ in range(1 if self._mode == "direct" else 2):  # (a direct container's poll only waits for its end)
                 self._expect("poll", self.actor.poll.remote(_POLL_SECONDS))
             while True:
                 try:
@@ -258,14 +270,90 @@ class RayTransport(ReaderTransport):
             logger.exception("lifepool: the bridge to a Ray container failed")
         finally:
             self._gone = True
+            if self._rendezvous is not None:
+                self._close_rendezvous()
             try:
-                self._theirs.shutdown(socket.SHUT_WR)  # EOF after what was written
+                self._theirs.shutdown(socket.SHUT_WR)  # EOF after what was written (relay)
             except OSError:
                 pass
             os.write(self._sentinel_w, b"x")
 
+    def _hand_over(self, rendezvous: socket.socket) -> None:
+        """Before the start reply: hand the container's end of the socketpair to an actor on this machine.
+
+        Its actor connects to *rendezvous* (a Unix socket in this machine's
+        ``/dev/shm``) if it can; one on another machine cannot, and its start
+        reply comes first. Either way the start reply says which it took.
+        """
+        wake_r, wake_w = socket.socketpair()
+        waking = threading.Lock()  # (the callback may come as the hand-over ends: never into a closed descriptor)
+
+        def wake(_: Any) -> None:
+            with waking:
+                if wake_w.fileno() >= 0:
+                    wake_w.send(b"x")
+
+        self._started.future().add_done_callback(wake)
+        try:
+            readable, _, _ = select.select([rendezvous, wake_r], [], [])
+            if rendezvous in readable:
+                link, _ = rendezvous.accept()
+                with link:
+                    credentials = link.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+                    if _CREDENTIALS.unpack(credentials)[1] == os.getuid():  # (only our user's processes)
+                        link.settimeout(_HANDOVER_WAIT)
+                        socket.send_fds(link, [b"x"], [self._theirs.fileno()])
+        except OSError:
+            pass  # (the relay, then: the actor says so)
+        finally:
+            self._close_rendezvous()
+            with waking:
+                wake_w.close()
+            wake_r.close()
+
+    def _close_rendezvous(self) -> None:
+        rendezvous = self._rendezvous
+        if rendezvous is not None and rendezvous.fileno() >= 0:
+            path = rendezvous.getsockname()
+            rendezvous.close()
+            _shmdir._unlink(os.path.basename(path))
+
+    def _decide(self, mode: str) -> None:
+        """The start reply came: send what waited for it, in order, then send the usual way."""
+        if mode == "direct":
+            self._theirs.close()  # (the container holds it now: EOF once the container is gone)
+        while True:
+            with self._lock:
+                waiting, self._pending = self._pending, []
+                if not waiting:
+                    self._mode = mode
+                    return
+            for frames, signum in waiting:
+                try:
+                    if frames:
+                        self._send(mode, frames)
+                    if signum:
+                        self._io([], signum, 0)
+                except OSError:
+                    pass  # (it is dying: its sentinel will tell)
+
     def send(self, frames: list[bytes]) -> None:
-        if self.shared_memory:
+        mode = self._mode
+        if mode == "undecided":
+            with self._lock:
+                if self._mode == "undecided":
+                    self._pending.append((frames, 0))
+                    return
+            mode = self._mode
+        self._send(mode, frames)
+
+    def _send(self, mode: str, frames: list[bytes]) -> None:
+        if mode == "direct":
+            if len(frames) == 1:
+                _wire.send_bytes(self.fd, frames[0])
+            else:
+                _wire.send_many(self.fd, frames)
+        elif self.shared_memory:
             self._io(frames, 0, _REPLY_WAIT)
         elif self._shipping:  # (another node: the segments travel with the call, see _ship)
             shipped = _shipped(frames)
@@ -351,6 +439,11 @@ class RayTransport(ReaderTransport):
         return bool(readable)
 
     def interrupt(self) -> None:
+        if self._mode == "undecided":
+            with self._lock:
+                if self._mode == "undecided":
+                    self._pending.append(([], _worker.INTERRUPT_SIGNAL))  # (after the frames sent before it)
+                    return
         try:
             self._io([], _worker.INTERRUPT_SIGNAL, 0)
         except OSError:
@@ -393,6 +486,8 @@ class RayTransport(ReaderTransport):
         """In a forked child: close this copy's descriptors."""
         self._ours.close()
         self._theirs.close()
+        if self._rendezvous is not None:
+            self._rendezvous.close()  # (not unlinked: the parent's)
 
 
 def _shipped(frames: list[bytes]) -> list[tuple[str, Any]]:
@@ -425,6 +520,23 @@ def _make_probe() -> str | None:
     return name
 
 
+def _make_rendezvous() -> socket.socket | None:
+    """A Unix socket in this machine's ``/dev/shm`` where a container's actor on this machine takes its channel."""
+    if _shmdir.SHM_DIR is None:
+        return None
+    name = f"{_shmdir.PREFIX}{os.getpid()}-rendezvous-{secrets.token_hex(8)}"  # (sweep_orphans takes it if we die)
+    rendezvous = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        rendezvous.bind(os.path.join(_shmdir.SHM_DIR, name))
+        os.chmod(os.path.join(_shmdir.SHM_DIR, name), 0o600)  # (and the peer's uid is checked: _hand_over)
+        rendezvous.listen(1)
+    except OSError:
+        rendezvous.close()
+        _shmdir._unlink(name)
+        return None
+    return rendezvous
+
+
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
@@ -451,6 +563,7 @@ class RayBackend(Backend):
     shared_memory = True
     _share_memory = True  # (False: every container is treated as remote; tests of that path)
     _ship_segments = True  # (False: a remote container's segments travel inside frames; tests of that path)
+    _direct = True  # (False: a container on this machine is relayed too; tests and benchmarks of the relay)
     # An actor no node can place stays pending for ever (Ray's autoscaler only
     # logs it): a closing pool with nothing to run waits this long for it.
     closing_start_wait = 5.0
@@ -521,8 +634,18 @@ class RayBackend(Backend):
             actor_options["runtime_env"] = self.runtime_env
         actor = _Actor.options(**actor_options).remote()
         ship = _shmdir.SHM_DIR is not None and self._ship_segments  # (else: inside the frames, _carried)
-        started = actor.start.remote(index, target_blob, {**options, "shm_probe": self._probe, "ship": ship})
-        return RayTransport(actor, started, f"{options['pool_name']}-{index}")
+        rendezvous = _make_rendezvous() if self._probe is not None and self._direct else None
+        options = {**options, "shm_probe": self._probe, "ship": ship}
+        if rendezvous is not None:
+            options["rendezvous"] = rendezvous.getsockname()
+        try:
+            started = actor.start.remote(index, target_blob, options)
+            return RayTransport(actor, started, f"{options['pool_name']}-{index}", rendezvous)
+        except BaseException:
+            if rendezvous is not None:
+                rendezvous.close()
+                _shmdir._unlink(os.path.basename(options["rendezvous"]))
+            raise
 
     def close(self) -> None:
         """A pool that used this backend has ended: shut Ray down with the last one, if this backend started it."""

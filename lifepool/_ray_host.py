@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import struct
 import threading
 import time
@@ -31,6 +32,7 @@ _TRICKLE = 0.005  # ... up to this many seconds at a time
 _REPLY_BYTES = 1 << 20  # an io call's reply carries at most about this much (the rest: polls)
 _STEP_ASIDE = 0.002  # seconds the poll stays off the socket after an io call's wait
 _WRITE_STUCK = 0.01  # seconds a waiting io call's write may take before the poll drains the container (see io)
+_HANDOVER_WAIT = 10.0  # seconds the actor waits for the driver to hand it the container's channel (see start)
 _IO = struct.Struct("<Qid")  # an io call's head: its seq, a signal to send after its frames (0: none), the wait
 _OFFSET = struct.Struct("<Q")  # an io reply's head: where its bytes start in the container's stream
 
@@ -64,29 +66,39 @@ class _Host:
         self._code: Any = _UNKNOWN  # its exit status once reaped
         self._ship_dir: str | None = None  # the container's segments, shipped to and from the driver (see _ship)
         self._scanner = _ship.Scanner()
+        self._direct = False  # the container talks to the driver over a channel of its own (see start)
 
-    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> tuple[int, bool, bool]:
+    def start(self, index: int, target_blob: bytes, options: dict[str, Any]) -> tuple[int, bool, bool, bool]:
         """Start the container on this node (exec start method).
 
-        Returns its pid, whether it shares the driver's ``/dev/shm``, and
-        whether its segments are shipped (it has a directory of its own in
-        this node's: ``_ship``).
+        Returns its pid, whether it shares the driver's ``/dev/shm``, whether
+        its segments are shipped (it has a directory of its own in this
+        node's: ``_ship``), and whether it is direct: on the driver's machine,
+        the driver hands over its end of a socketpair (``rendezvous``, a Unix
+        socket the driver listens on), and the container reads and writes
+        that as a local container does its socket. Its calls then never
+        cross Ray; this actor stays its parent (its exit, its kill, its
+        interrupts).
         """
         from . import _launch
         from ._local import LocalBackend
 
         shared = _can_open_probe(options.pop("shm_probe", None))
+        rendezvous = options.pop("rendezvous", None)
         if options.pop("ship", False) and not shared:
             self._ship_dir = _ship.make_dir()
         options = {**options, "shared_memory": shared, "shm_dir": self._ship_dir}
         try:
+            channel = _take_channel(rendezvous) if shared and rendezvous else None
+            context: Any = _launch.ExecContext() if channel is None else _HandedContext(channel)
+            self._direct = channel is not None
             # The container inherits this thread's mask: blocked until it has its own policy (see _worker.main).
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
-                self._transport = LocalBackend(_launch.ExecContext()).start(index, target_blob, options)
+                self._transport = LocalBackend(context).start(index, target_blob, options)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            return int(self._transport.pid), shared, self._ship_dir is not None
+            return int(self._transport.pid), shared, self._ship_dir is not None, self._direct
         except BaseException as error:
             self._error = error
             _ship.remove_dir(self._ship_dir)
@@ -223,6 +235,8 @@ class _Host:
         """``(offset, bytes the container wrote, whether it has ended, its exit status, shipped segments)``,
         waiting up to *timeout*."""
         transport = self._ready()
+        if self._direct:
+            return self._watch(transport, timeout)
         fd, sentinel = transport.fd, transport.sentinel
         deadline = time.monotonic() + timeout
         while True:
@@ -251,6 +265,51 @@ class _Host:
             if sentinel in readable and not self._shut:
                 self._shut = True
                 _wire.end_reading(fd)  # (what it wrote, then EOF, whoever else holds a copy)
+
+    def _watch(self, transport: Any, timeout: float) -> tuple[int, bytes, bool, int | None, list[Any]]:
+        """A direct container's poll: nothing to relay, only its end (up to *timeout*)."""
+        if self._code is _UNKNOWN:
+            readable, _, _ = select.select([transport.sentinel], [], [], timeout)
+            if not readable:
+                return 0, b"", False, None, []
+            self._code = transport.reap()
+        return 0, b"", True, self._code, []
+
+
+class _HandedContext:
+    """The exec launcher, with the container's end of its channel handed over by the driver (a descriptor).
+
+    The actor's own end of the channel is a spare socket nobody writes to:
+    a direct container's bytes go to the driver and come from it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # (multiprocessing's names)
+        from multiprocessing.connection import Connection
+
+        spare, other = socket.socketpair()
+        other.close()
+        return Connection(spare.detach()), Connection(self._fd)
+
+    @staticmethod
+    def Process(target: Any, args: tuple[Any, ...] = (), name: str | None = None) -> Any:
+        from . import _launch
+
+        return _launch.ExecProcess(target, args, name)
+
+
+def _take_channel(rendezvous: str) -> int | None:
+    """The container's channel, handed over by the driver through the Unix socket *rendezvous*; None if not."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as link:
+            link.settimeout(_HANDOVER_WAIT)
+            link.connect(rendezvous)
+            _, fds, _, _ = socket.recv_fds(link, 16, 1)
+    except OSError:
+        return None  # (another machine after all, or the driver gave up: the relay)
+    return fds[0] if fds else None
 
 
 def _can_open_probe(name: str | None) -> bool:

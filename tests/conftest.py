@@ -152,7 +152,8 @@ if importlib.util.find_spec("ray") is not None:
 # rest of the suite. It runs every test of these modules, and the tests
 # marked ``on_ray`` elsewhere (crashes, retries, timeouts, Ctrl-C, exit
 # hooks, async); LIFEPOOL_TEST_RAY=all runs every contract test on Ray, and
-# LIFEPOOL_TEST_RAY_REMOTE=1 runs them as if each container were on another node.
+# LIFEPOOL_TEST_RAY_REMOTE=1 runs them as if each container were on another node,
+# LIFEPOOL_TEST_RAY_RELAY=1 with this machine's containers relayed as another node's are.
 RAY_LEG_MODULES = {"test_calls", "test_elastic"}
 
 
@@ -211,6 +212,10 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
             # Every container treated as on another node (no shared /dev/shm):
             # the segments are shipped through Ray (lifepool/_ship.py).
             ray_backend._share_memory = False
+        if os.environ.get("LIFEPOOL_TEST_RAY_RELAY") == "1":
+            # Containers on this machine relayed through their actors too (as
+            # another node's are), sharing this machine's /dev/shm.
+            ray_backend._direct = False
         monkeypatch.setattr(_options, "DEFAULT_BACKEND", ray_backend)
     else:
         monkeypatch.setattr(_options, "DEFAULT_BACKEND", request.param)

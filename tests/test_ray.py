@@ -86,14 +86,16 @@ def test_start_method_is_refused_with_the_ray_backend():
 
 
 @needs_ray
-@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-node", "other-node"])
-def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir, ray_session, elsewhere):
+@pytest.mark.parametrize("where", ["same-node", "same-node-relayed", "other-node"])
+def test_a_dead_actor_fails_its_call_runs_the_exit_hook_and_is_replaced(hookdir, ray_session, where):
     from targets import Fragile
 
     started = hookdir / "started"
     backend = lifepool.RayBackend(num_cpus=0)
+    elsewhere = where == "other-node"
     if elsewhere:
         backend._share_memory = False  # (its segments shipped, through a directory of its own: see _ship)
+    backend._direct = where == "same-node"  # (else its frames cross Ray, as for another node's)
     dirs_before = _ship_dirs()
     with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=backend) as pool:
         first = pool.pid.call()
@@ -145,7 +147,7 @@ def test_a_call_whose_relay_fails_in_the_actor_fails_as_a_crash_and_the_containe
         return send(self, frames, signum, wait, shipped)
 
     monkeypatch.setattr(_ray.RayTransport, "_io", io)
-    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=_relayed()) as pool:
         first = pool.pid.call()
         Broken.armed = True
         with pytest.raises(lifepool.ContainerCrashedError) as crash:
@@ -156,6 +158,124 @@ def test_a_call_whose_relay_fails_in_the_actor_fails_as_a_crash_and_the_containe
     assert_gone([first])
 
 
+@needs_ray
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_a_container_on_this_machine_gets_its_frames_directly_and_its_interrupts_through_its_actor(
+    hookdir, ray_session, monkeypatch
+):
+    import asyncio
+
+    from targets import Fragile
+
+    from lifepool import _ray, _worker
+
+    crossed = []  # what went through the actor's io
+    io = _ray.RayTransport._io
+
+    def counting(self, frames, signum, wait, shipped=None):
+        crossed.append((len(frames), signum))
+        return io(self, frames, signum, wait, shipped)
+
+    monkeypatch.setattr(_ray.RayTransport, "_io", counting)
+    started = hookdir / "started"
+    before = _lifepool_segments()
+
+    async def main():
+        with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+            assert pool.echo.call(1) == 1
+            assert pool.echo.spawn(2).result(timeout=60) == 2
+            assert list(pool.echo.map(range(5))) == list(range(5))
+            assert not [name for name in _lifepool_segments() - before if "-rendezvous-" in name]  # taken: gone
+            running = asyncio.create_task(pool.sleep.remote.aio(600, str(started)))
+            await asyncio.to_thread(deadline_wait, started.exists)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            assert await pool.echo.remote.aio("after") == "after"
+
+    asyncio.run(main())
+    assert markers(hookdir, "interrupted")  # the running call got its KeyboardInterrupt
+    assert crossed and set(crossed) == {(0, _worker.INTERRUPT_SIGNAL)}  # only the signal crossed Ray
+    assert markers(hookdir, "exit") and set(markers(hookdir, "exit").values()) == {"None"}
+
+
+@needs_ray
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
+def test_a_container_whose_actor_cannot_take_its_channel_is_relayed(hookdir, ray_session, monkeypatch):
+    from targets import Fragile
+
+    from lifepool import _ray
+
+    make = _ray._make_rendezvous
+
+    def unreachable():
+        rendezvous = make()
+        os.unlink(rendezvous.getsockname())  # (as unreachable as from another machine)
+        return rendezvous
+
+    monkeypatch.setattr(_ray, "_make_rendezvous", unreachable)
+    crossed = []
+    io = _ray.RayTransport._io
+
+    def counting(self, frames, signum, wait, shipped=None):
+        crossed.append(len(frames))
+        return io(self, frames, signum, wait, shipped)
+
+    monkeypatch.setattr(_ray.RayTransport, "_io", counting)
+    before = _lifepool_segments()
+    with lifepool.LifecyclePool(Fragile(hookdir), containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+        assert pool.echo.call(1) == 1
+        assert list(pool.echo.map(range(5))) == list(range(5))
+        assert sum(crossed) >= 2  # its frames went through the actor
+    assert set(markers(hookdir, "exit").values()) == {"None"}
+    assert _lifepool_segments() - before == set()
+
+
+@needs_ray
+@pytest.mark.parametrize("mode", ["direct", "relay"])
+def test_what_is_sent_before_the_start_reply_goes_in_order_the_way_it_says(mode):
+    # Until the actor's start reply says whether it took the container's
+    # channel, sends and interrupts wait; then they go, in order, that way.
+    import socket
+    import threading
+
+    from lifepool import _ray, _worker
+
+    transport = _ray.RayTransport.__new__(_ray.RayTransport)  # (the sending half only: no actor, no bridge)
+    transport._lock = threading.Lock()
+    transport._mode, transport._pending = "undecided", []
+    transport._ours, transport._theirs = socket.socketpair()
+    went: list = []
+    transport._send = lambda how, frames: went.append((how, frames))  # type: ignore[method-assign]
+    transport._io = lambda frames, signum, wait: went.append(("io", frames, signum))  # type: ignore[method-assign]
+    try:
+        transport.send([b"a"])
+        transport.interrupt()
+        transport.send([b"b", b"c"])
+        assert went == []
+        transport._decide(mode)
+        transport.send([b"d"])
+        transport.interrupt()
+        assert went == [
+            (mode, [b"a"]),
+            ("io", [], _worker.INTERRUPT_SIGNAL),
+            (mode, [b"b", b"c"]),
+            (mode, [b"d"]),
+            ("io", [], _worker.INTERRUPT_SIGNAL),
+        ]
+        assert (transport._theirs.fileno() < 0) == (mode == "direct")  # (direct: the container's now)
+    finally:
+        transport._ours.close()
+        transport._theirs.close()
+
+
+def _relayed() -> lifepool.RayBackend:
+    """A backend whose containers on this machine are relayed through their actors, as other machines' are."""
+    backend = lifepool.RayBackend(num_cpus=0)
+    backend._direct = False
+    return backend
+
+
 def _lifepool_segments() -> set[str]:
     if not os.path.isdir("/dev/shm"):
         return set()
@@ -164,13 +284,15 @@ def _lifepool_segments() -> set[str]:
 
 @needs_ray
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm here")
-def test_big_arrays_cross_to_a_container_on_this_machine_through_shared_memory(ray_session):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "relayed"])
+def test_big_arrays_cross_to_a_container_on_this_machine_through_shared_memory(ray_session, direct):
     numpy = pytest.importorskip("numpy")
     from targets import Buffers, on_shared_memory
 
     array = numpy.arange(3 * 2**20 // 8, dtype=numpy.float64)  # 3 MiB
     before = _lifepool_segments()
-    with lifepool.LifecyclePool(Buffers, containers=1, backend=lifepool.RayBackend(num_cpus=0)) as pool:
+    backend = lifepool.RayBackend(num_cpus=0) if direct else _relayed()
+    with lifepool.LifecyclePool(Buffers, containers=1, backend=backend) as pool:
         assert pool.mapped.call(array) is True  # mapped in the container, not copied out of a frame
         out = pool.echo.call(array)
         assert on_shared_memory(out) and numpy.array_equal(out, array)  # and the result, on the driver
@@ -444,8 +566,7 @@ def test_a_ctrl_c_on_any_line_of_the_lent_path_loses_no_answer(tmp_path, ray_ses
     from lifepool._ray import RayTransport
 
     code = getattr(RayTransport, step).__code__
-    backend = lifepool.RayBackend(num_cpus=0)
-    with lifepool.LifecyclePool(Recorder(tmp_path), containers=1, backend=backend) as pool:
+    with lifepool.LifecyclePool(Recorder(tmp_path), containers=1, backend=_relayed()) as pool:
         assert pool.echo.call(0) == 0
         assert interrupt_each_line(pool, code) >= 1
 
@@ -490,7 +611,7 @@ def test_the_end_of_the_stream_waits_for_an_io_reply_still_in_front_of_it(monkey
 
     actor = types.SimpleNamespace(poll=_FakeMethod(), io=_FakeMethod())
     started = _FakeRef()
-    started.outcome.set_result((12345, False, False))
+    started.outcome.set_result((12345, False, False, False))
     monkeypatch.setattr(_ray.ray, "get", lambda ref, timeout=None: ref.future().result(timeout))
 
     waiting_again = threading.Event()
