@@ -335,6 +335,22 @@ class LifepoolRay(LifepoolPool):
         self._ray.shutdown()
 
 
+class LifepoolRayRelay(LifepoolRay):
+    """lifepool on Ray with its containers relayed through their actors, as a container on another machine is.
+
+    On the driver's machine a container talks to the driver directly
+    (``lifepool-ray``); this one's frames cross Ray both ways, so it shows
+    what a call to a container on another node costs over raw Ray.
+    """
+
+    name = "lifepool-ray-relay"
+
+    def prepare(self) -> None:
+        """As ``lifepool-ray``, with the direct channel switched off."""
+        super().prepare()
+        self._backend._direct = False
+
+
 class LifepoolBatched(LifepoolPool):
     """lifepool calling ``Model.predict``, a ``@lifepool.batched`` method, one input at a time."""
 
@@ -603,6 +619,7 @@ POOLS: dict[str, type[Pool]] = {
     for cls in (
         LifepoolPool,
         LifepoolRay,
+        LifepoolRayRelay,
         LifepoolUnbatched,
         PipeFloor,
         LifepoolExec,
@@ -939,7 +956,7 @@ class Scenario:
     containers: Callable[[Settings], tuple[int, ...]]
 
 
-POOL_PEERS = ("ppe", "mp.Pool", "loky", "mpire", "ray", "lifepool-ray")
+POOL_PEERS = ("ppe", "mp.Pool", "loky", "mpire", "ray", "lifepool-ray", "lifepool-ray-relay")
 SCENARIOS = {
     sc.name: sc
     for sc in (
@@ -968,7 +985,7 @@ SCENARIOS = {
             "map-generator",
             "the same map over a generator (ppe and loky, at ~5k items/s, left out)",
             measure_map_generator,
-            ("lifepool", "mp.Pool", "mpire", "ray", "lifepool-ray"),
+            ("lifepool", "mp.Pool", "mpire", "ray", "lifepool-ray", "lifepool-ray-relay"),
             lambda s: (2,),
         ),
         Scenario(

@@ -155,6 +155,10 @@ if importlib.util.find_spec("ray") is not None:
 # LIFEPOOL_TEST_RAY_REMOTE=1 runs them as if each container were on another node,
 # LIFEPOOL_TEST_RAY_RELAY=1 with this machine's containers relayed as another node's are.
 RAY_LEG_MODULES = {"test_calls", "test_elastic"}
+# A container on the driver's machine talks to it directly; one elsewhere is
+# relayed through its actor. The relay runs these modules on this machine too
+# ("ray-relay"; LIFEPOOL_TEST_RAY_RELAY=1 relays every Ray test).
+RAY_RELAY_LEG_MODULES = {"test_calls"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -167,6 +171,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
         if not on_ray:
             backends = [name for name in BACKENDS if name != "ray"]
+        elif "ray" in backends and metafunc.module.__name__ in RAY_RELAY_LEG_MODULES:
+            backends = [*backends, "ray-relay"]
         metafunc.parametrize("backend", backends, indirect=True)
 
 
@@ -194,7 +200,7 @@ def ray_session():
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     from lifepool import _options
 
-    if request.param == "ray":
+    if request.param in ("ray", "ray-relay"):
         marker = request.node.get_closest_marker("local_only")
         if marker is not None:
             pytest.skip(f"local only: {marker.args[0]}")
@@ -212,11 +218,11 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
             # Every container treated as on another node (no shared /dev/shm):
             # the segments are shipped through Ray (lifepool/_ship.py).
             ray_backend._share_memory = False
-        if os.environ.get("LIFEPOOL_TEST_RAY_RELAY") == "1":
+        if os.environ.get("LIFEPOOL_TEST_RAY_RELAY") == "1" or request.param == "ray-relay":
             # Containers on this machine relayed through their actors too (as
             # another node's are), sharing this machine's /dev/shm.
             ray_backend._direct = False
         monkeypatch.setattr(_options, "DEFAULT_BACKEND", ray_backend)
     else:
         monkeypatch.setattr(_options, "DEFAULT_BACKEND", request.param)
-    return request.param
+    return "ray" if request.param == "ray-relay" else request.param  # (the same engine to the tests)
