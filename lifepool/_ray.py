@@ -19,6 +19,13 @@
       kill()      = actor.kill_child (group "ctl") then ray.kill(actor)
       reap()      = joins the bridge, closes the socketpair and pipe, ray.kill(actor)
 
+On the driver's machine the relay is skipped (``_hand_over``): the actor
+connects to a Unix socket the driver made for it in ``/dev/shm``, takes the
+socketpair's other end (``SCM_RIGHTS``) and starts the container on it, so
+the container reads and writes the driver's socketpair as a local container
+does its socket; ``send`` writes there, and only interrupts, the kill and
+the container's exit (a poll that waits for it) go through Ray.
+
 Why an actor hosts a process instead of being the container. An actor runs
 its methods on Ray's threads, in a worker Ray owns: Ray installs its own
 signal handling there, never runs a teardown hook on ``ray.kill``,
