@@ -607,7 +607,7 @@ def test_the_end_of_the_stream_waits_for_an_io_reply_still_in_front_of_it(monkey
     import threading
     import types
 
-    from lifepool import _ray
+    from lifepool import _ray, _ray_transport
 
     actor = types.SimpleNamespace(poll=_FakeMethod(), io=_FakeMethod())
     started = _FakeRef()
@@ -625,7 +625,7 @@ def test_the_end_of_the_stream_waits_for_an_io_reply_still_in_front_of_it(monkey
                 waiting_again.set()
             return super().get(*args, **kwargs)
 
-    monkeypatch.setattr(_ray.queue, "SimpleQueue", Replies)
+    monkeypatch.setattr(_ray_transport.queue, "SimpleQueue", Replies)
     relay = _ray.RayTransport(actor, started, "fake")
     try:
         deadline_wait(lambda: len(actor.poll.refs) == 2, 30)
