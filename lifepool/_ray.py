@@ -93,7 +93,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 # (after the import of ray above, whose error names the extra)
 from ._ray_host import _OFFSET, _Actor  # noqa: E402, F401 - _OFFSET: the relay's stream offsets (tests)
-from ._ray_transport import RayTransport  # noqa: E402
+from ._ray_transport import RayTransport, close_rendezvous  # noqa: E402
 
 
 def _make_probe() -> str | None:
@@ -227,8 +227,7 @@ class RayBackend(Backend):
             return RayTransport(actor, started, f"{options['pool_name']}-{index}", rendezvous)
         except BaseException:
             if rendezvous is not None:
-                rendezvous.close()
-                _shmdir._unlink(os.path.basename(options["rendezvous"]))
+                close_rendezvous(rendezvous)
             raise
 
     def close(self) -> None:

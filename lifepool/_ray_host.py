@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from . import _ship, _shmdir, _wire, _worker
+from . import _launch, _ship, _shmdir, _wire, _worker
 
 _BATCH_BYTES = 64 << 20  # a poll returns at most about this much (the rest comes with the next one)
 _BULK = 64 << 10  # a poll that has read this much is relaying a big frame: it waits for more ...
@@ -80,7 +80,6 @@ class _Host:
         cross Ray; this actor stays its parent (its exit, its kill, its
         interrupts).
         """
-        from . import _launch
         from ._local import LocalBackend
 
         shared = _can_open_probe(options.pop("shm_probe", None))
@@ -276,7 +275,7 @@ class _Host:
         return 0, b"", True, self._code, []
 
 
-class _HandedContext:
+class _HandedContext(_launch.ExecContext):
     """The exec launcher, with the container's end of its channel handed over by the driver (a descriptor).
 
     The actor's own end of the channel is a spare socket nobody writes to:
@@ -286,18 +285,12 @@ class _HandedContext:
     def __init__(self, fd: int) -> None:
         self._fd = fd
 
-    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # (multiprocessing's names)
+    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # type: ignore[override]  # (multiprocessing's names)
         from multiprocessing.connection import Connection
 
         spare, other = socket.socketpair()
         other.close()
         return Connection(spare.detach()), Connection(self._fd)
-
-    @staticmethod
-    def Process(target: Any, args: tuple[Any, ...] = (), name: str | None = None) -> Any:
-        from . import _launch
-
-        return _launch.ExecProcess(target, args, name)
 
 
 def _take_channel(rendezvous: str) -> int | None:

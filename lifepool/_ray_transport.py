@@ -157,7 +157,7 @@ class RayTransport(ReaderTransport):
         """Write the actor's replies into the socketpair in stream order; at the end, the sentinel."""
         try:
             if self._rendezvous is not None:
-                self._hand_over(self._rendezvous)
+                self._hand_over()
             # (Before any frame: the pool learns the pid with ENTERED, and sends calls after READY.)
             self.pid, self.shared_memory, self._shipping, direct = ray.get(self._started)
             if self._rendezvous is not None:
@@ -215,13 +215,15 @@ class RayTransport(ReaderTransport):
                 pass
             os.write(self._sentinel_w, b"x")
 
-    def _hand_over(self, rendezvous: socket.socket) -> None:
+    def _hand_over(self) -> None:
         """Before the start reply: hand the container's end of the socketpair to an actor on this machine.
 
-        Its actor connects to *rendezvous* (a Unix socket in this machine's
+        Its actor connects to ``_rendezvous`` (a Unix socket in this machine's
         ``/dev/shm``) if it can; one on another machine cannot, and its start
         reply comes first. Either way the start reply says which it took.
         """
+        rendezvous = self._rendezvous
+        assert rendezvous is not None
         wake_r, wake_w = socket.socketpair()
         waking = threading.Lock()  # (the callback may come as the hand-over ends: never into a closed descriptor)
 
@@ -249,11 +251,8 @@ class RayTransport(ReaderTransport):
             wake_r.close()
 
     def _close_rendezvous(self) -> None:
-        rendezvous = self._rendezvous
-        if rendezvous is not None and rendezvous.fileno() >= 0:
-            path = rendezvous.getsockname()
-            rendezvous.close()
-            _shmdir._unlink(os.path.basename(path))
+        if self._rendezvous is not None:
+            close_rendezvous(self._rendezvous)
 
     def _decide(self, mode: str) -> None:
         """The start reply came: send what waited for it, in order, then send the usual way."""
@@ -443,6 +442,14 @@ def _carried(data: bytes) -> bytes:
     if len(data) > head and _wire.has_segments(memoryview(data)[head:]):
         return data[:head] + _shm.inlined(memoryview(data)[head:])  # (the driver still discards the segments)
     return data
+
+
+def close_rendezvous(rendezvous: socket.socket) -> None:
+    """Close and unlink a rendezvous socket (see ``_hand_over``), once."""
+    if rendezvous.fileno() >= 0:
+        path = rendezvous.getsockname()
+        rendezvous.close()
+        _shmdir._unlink(os.path.basename(path))
 
 
 def _first_line(error: BaseException) -> str:
